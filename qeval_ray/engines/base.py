@@ -1,0 +1,82 @@
+"""The engine interface: scoring requests in, five rating-token log-probs per request out.
+
+An engine is built once per scoring actor from an :class:`EngineConfig`. Both engines render the
+prompt the same way (:func:`chat_prompt`, the reference's chat template with the media first) and
+return, per request, the log-probs (or logits; see ``rating.py``) of ``Excellent, Good, Fair,
+Poor, Bad`` at the next-token position. The rest of the job does not know which engine ran.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model: str
+    revision: str | None = None
+    dtype: str = "float32"  # resolved: float16 | bfloat16 | float32
+    device: str = "cpu"  # "cuda" when the actor holds a GPU
+    max_model_len: int | None = None
+    enforce_eager: bool = False  # vLLM: skip graph capture / torch.compile (much faster start on CPU)
+    gpu_memory_utilization: float = 0.9
+    max_num_batched_tokens: int | None = None
+    hf_batch_size: int = 8  # HF: sequences per forward pass
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Media:
+    """Decoded pixels as the model takes them: H x W x 3 (image) or T x H x W x 3 (video), uint8."""
+
+    kind: str  # "image" | "video"
+    pixels: np.ndarray
+    fps: float | None = None  # videos: the sampling rate of the frames given (for temporal position ids)
+    metadata: dict = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    media: Media
+    text: str  # the context prompt (user text after the media)
+
+
+class Engine(ABC):
+    name: ClassVar[str]
+
+    def __init__(self, config: EngineConfig):
+        self.config = config
+
+    @abstractmethod
+    def rating_logprobs(self, requests: Sequence[ScoreRequest]) -> np.ndarray:
+        """An ``(len(requests), 5)`` array, rows in request order. Raises if any request fails."""
+
+
+def chat_messages(request: ScoreRequest) -> list[dict]:
+    """One user turn ``[media, text]``: media first, as the reference builds it."""
+    return [{"role": "user", "content": [{"type": request.media.kind}, {"type": "text", "text": request.text}]}]
+
+
+def chat_prompt(processor, request: ScoreRequest) -> str:
+    """The reference's prompt string: chat template, default system prompt, generation prompt."""
+    return processor.apply_chat_template(chat_messages(request), tokenize=False, add_generation_prompt=True)
+
+
+def load_engine(name: str, config: EngineConfig) -> Engine:
+    """Build the named engine; each engine module imports its heavy libraries only when chosen."""
+    if name == "vllm":
+        from qeval_ray.engines.vllm import VLLMEngine
+
+        return VLLMEngine(config)
+    if name == "hf":
+        from qeval_ray.engines.hf import HFEngine
+
+        return HFEngine(config)
+    raise ValueError(f"unknown engine {name!r}; choose vllm or hf")
+
+
+ENGINE_NAMES = ("vllm", "hf")

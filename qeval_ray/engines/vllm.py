@@ -1,0 +1,68 @@
+"""The production engine: one ``vllm.LLM`` per actor, one generated token per request.
+
+``SamplingParams(max_tokens=1, temperature=0, logprob_token_ids=<five ids>)`` returns the
+full-vocabulary log-probs of exactly the five rating tokens. Requests about one item share the
+media prefix, so prefix caching and the encoder cache compute the vision part once per item.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+
+from qeval_ray.engines.base import Engine, EngineConfig, ScoreRequest, chat_prompt
+from qeval_ray.rating import check_distinct, rating_token_ids
+
+# The engine core runs in this process: a Ray actor should not fork engine processes of its own,
+# and on CPU vLLM needs a KV-cache size (GiB). Both stay overridable from the environment.
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+
+class VLLMEngine(Engine):
+    name = "vllm"
+
+    def __init__(self, config: EngineConfig):
+        super().__init__(config)
+        from vllm import LLM, SamplingParams
+
+        kwargs = dict(
+            model=config.model,
+            revision=config.revision,
+            tokenizer_revision=config.revision,
+            dtype=config.dtype,
+            seed=config.seed,
+            enable_prefix_caching=True,
+            limit_mm_per_prompt={"image": 1, "video": 1},
+            enforce_eager=config.enforce_eager,
+        )
+        if config.device != "cpu":
+            kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization
+        if config.max_model_len:
+            kwargs["max_model_len"] = config.max_model_len
+        if config.max_num_batched_tokens:
+            kwargs["max_num_batched_tokens"] = config.max_num_batched_tokens
+        self.llm = LLM(**kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+        from transformers import AutoProcessor
+
+        self.processor = AutoProcessor.from_pretrained(config.model, revision=config.revision)
+        self.token_ids = rating_token_ids(self.tokenizer)
+        check_distinct(self.token_ids)
+        self.sampling = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=self.token_ids)
+
+    def _vllm_input(self, request: ScoreRequest) -> dict:
+        media = request.media
+        return {"prompt": chat_prompt(self.processor, request), "multi_modal_data": {media.kind: media.pixels}}
+
+    def rating_logprobs(self, requests: Sequence[ScoreRequest]) -> np.ndarray:
+        if not requests:
+            return np.zeros((0, len(self.token_ids)))
+        outputs = self.llm.generate([self._vllm_input(r) for r in requests], self.sampling, use_tqdm=False)
+        result = np.empty((len(requests), len(self.token_ids)), dtype=np.float64)
+        for i, out in enumerate(outputs):
+            step = out.outputs[0].logprobs[0]
+            result[i] = [step[t].logprob for t in self.token_ids]
+        return result

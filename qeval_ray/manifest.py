@@ -1,0 +1,185 @@
+"""Read + validate the input manifest: parquet, jsonl or csv; one file, a directory or a glob.
+
+:func:`open_manifest` runs on the driver before any work starts and stops the job with one
+:class:`ManifestError` saying what to fix: an unreadable file, a missing required column, missing
+or duplicate ids (named), a label that is not a number. It streams the manifest and keeps only the
+id column. :meth:`Manifest.read` then streams the rows through Ray Data's own readers, so the run
+itself reads in parallel on the cluster (and Ray Data's checkpointing can filter rows by id).
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from qeval_ray import storage
+from qeval_ray.schema import MANIFEST_TYPES, REQUIRED_COLUMNS, conform
+
+FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "json", ".json": "json", ".ndjson": "json", ".csv": "csv"}
+_GLOB_CHARS = "*?["
+_MAX_NAMED = 10  # ids named in an error message
+
+
+class ManifestError(ValueError):
+    """The manifest cannot be used; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    uri: str
+    format: str  # parquet | json | csv
+    paths: tuple[str, ...]  # inside ``filesystem``
+    schema: pa.Schema  # the columns as the job reads them (known columns with their fixed types)
+    num_rows: int
+    base_dir: str  # relative media uris are resolved against this
+
+    def read(self, **read_args):
+        """The manifest as a Ray dataset, every block in ``schema``."""
+        import ray.data
+
+        fs, _ = storage.arrow_filesystem(self.uri)
+        paths = list(self.paths)
+        if self.format == "parquet":
+            ds = ray.data.read_parquet(paths, filesystem=fs, **read_args)
+        elif self.format == "csv":
+            ds = ray.data.read_csv(paths, filesystem=fs, convert_options=_csv_convert(self.schema), **read_args)
+        else:
+            ds = ray.data.read_json(paths, filesystem=fs, **read_args)
+        schema = self.schema
+        return ds.map_batches(
+            lambda batch: conform(batch, schema), batch_format="pyarrow", batch_size=None,
+            udf_modifying_row_count=False,
+        )
+
+
+def _format_of(path: str) -> str | None:
+    return FORMATS.get(posixpath.splitext(path)[1].lower())
+
+
+def _list_files(uri: str) -> tuple[tuple[str, ...], str]:
+    """The manifest's files, and the directory relative media uris are resolved against."""
+    fs, path = storage.filesystem(uri)
+    try:
+        if any(c in path for c in _GLOB_CHARS):
+            found, base_dir = fs.glob(path), storage.parent(uri)
+        elif fs.isdir(path):
+            found, base_dir = fs.find(path), uri.rstrip("/")
+        elif fs.exists(path):
+            return (path,), storage.parent(uri)
+        else:
+            raise ManifestError(f"manifest not found: {uri}")
+    except PermissionError as e:
+        raise ManifestError(f"manifest {uri}: access denied ({e})") from e
+    files = sorted(p for p in found if _format_of(p) and not posixpath.basename(p).startswith((".", "_")))
+    if not files:
+        raise ManifestError(f"no manifest files (.parquet, .jsonl, .csv) at {uri}")
+    return tuple(files), base_dir
+
+
+def _csv_convert(schema: pa.Schema):
+    import pyarrow.csv as pacsv
+
+    return pacsv.ConvertOptions(column_types={f.name: f.type for f in schema})
+
+
+def _csv_schema(fs, path: str) -> pa.Schema:
+    """CSV is untyped: known columns get their types, every other column is read as text."""
+    import pyarrow.csv as pacsv
+
+    with fs.open(path, "rb") as f:
+        header = pacsv.open_csv(f, convert_options=pacsv.ConvertOptions(column_types={})).schema.names
+    return pa.schema([(name, MANIFEST_TYPES.get(name, pa.string())) for name in header])
+
+
+def _batches(fmt: str, fs, paths: tuple[str, ...]) -> Iterator[pa.RecordBatch | pa.Table]:
+    """Stream the manifest (JSON one file at a time: its types are inferred over the whole file)."""
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        for path in paths:
+            with fs.open(path, "rb") as f:
+                pf = pq.ParquetFile(f)
+                known = [c for c in pf.schema_arrow.names if c in MANIFEST_TYPES]
+                for batch in pf.iter_batches(columns=known, batch_size=65536):
+                    yield batch
+                yield pf.schema_arrow.empty_table()  # the full schema, for unification
+    elif fmt == "csv":
+        import pyarrow.csv as pacsv
+
+        for path in paths:
+            schema = _csv_schema(fs, path)
+            with fs.open(path, "rb") as f:
+                yield from pacsv.open_csv(f, convert_options=_csv_convert(schema))
+            yield schema.empty_table()
+    else:
+        import pyarrow.json as pajson
+
+        for path in paths:
+            with fs.open(path, "rb") as f:
+                yield pajson.read_json(f)
+
+
+def _check_ids(uri: str, ids: pa.ChunkedArray) -> None:
+    nulls = ids.null_count
+    if nulls:
+        first = pc.index(pc.is_null(ids), True).as_py()
+        raise ManifestError(f"manifest {uri}: {nulls} row(s) have no id (the first is row {first}); every row needs a unique id")
+    counts = pc.value_counts(ids)
+    dup = counts.filter(pc.greater(counts.field("counts"), 1))
+    if len(dup):
+        named = ", ".join(f"{v['values']!r} (x{v['counts']})" for v in dup.to_pylist()[:_MAX_NAMED])
+        more = f" and {len(dup) - _MAX_NAMED} more" if len(dup) > _MAX_NAMED else ""
+        raise ManifestError(f"manifest {uri}: {len(dup)} duplicate id(s): {named}{more}; ids must be unique")
+
+
+def open_manifest(uri: str) -> Manifest:
+    """Find, read through and validate the manifest at ``uri``; raise :class:`ManifestError`."""
+    paths, base_dir = _list_files(uri)
+    formats = {_format_of(p) for p in paths}
+    if len(formats) > 1:
+        raise ManifestError(f"manifest {uri} mixes formats ({', '.join(sorted(formats))}); use one")
+    fmt = formats.pop()
+    fs, _ = storage.filesystem(uri)
+    schemas, id_chunks, num_rows = [], [], 0
+    try:
+        for batch in _batches(fmt, fs, paths):
+            schemas.append(batch.schema)
+            if batch.num_rows == 0:
+                continue
+            missing = [c for c in REQUIRED_COLUMNS if c not in batch.schema.names]
+            if missing:
+                raise ManifestError(
+                    f"manifest {uri} has no column {', '.join(map(repr, missing))} "
+                    f"(required: {', '.join(REQUIRED_COLUMNS)}; found: {', '.join(batch.schema.names)})"
+                )
+            for name in batch.schema.names:
+                if name in MANIFEST_TYPES:
+                    try:
+                        column = batch.column(name).cast(MANIFEST_TYPES[name])
+                    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                        raise ManifestError(
+                            f"manifest {uri}: column {name!r} cannot be read as {MANIFEST_TYPES[name]} ({e})"
+                        ) from e
+                    if name == "id":
+                        id_chunks.append(column)
+            num_rows += batch.num_rows
+    except ManifestError:
+        raise
+    except (pa.ArrowInvalid, OSError, ValueError) as e:
+        raise ManifestError(f"cannot read manifest {uri}: {e}") from e
+    if num_rows == 0:
+        raise ManifestError(f"manifest {uri} has no rows")
+    try:
+        unified = pa.unify_schemas(schemas, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise ManifestError(f"manifest {uri}: its files disagree on column types ({e})") from e
+    schema = pa.schema([
+        pa.field(f.name, MANIFEST_TYPES.get(f.name, pa.string() if pa.types.is_null(f.type) else f.type))
+        for f in unified
+    ])
+    _check_ids(uri, pa.chunked_array(id_chunks, type=pa.string()))
+    return Manifest(uri, fmt, paths, schema, num_rows, base_dir)

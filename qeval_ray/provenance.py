@@ -1,0 +1,81 @@
+"""What produced the scores: scorer model and revision, prompt version, engine, dtype, code.
+
+Computed once on the driver and written on every output row and into the run summary, so a score
+file can always be traced to the exact model and code that made it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+
+from qeval_ray import __version__
+from qeval_ray.config import ScoreConfig, _looks_local, _strip_file
+from qeval_ray.engines.base import EngineConfig
+from qeval_ray.prompts import PROMPT_VERSION
+from qeval_ray.schema import Provenance
+
+
+def engine_config(config: ScoreConfig, gpus: float) -> EngineConfig:
+    dtype = config.dtype
+    if dtype == "auto":
+        dtype = "float16" if gpus > 0 else "float32"  # the reference runs float16 on GPU
+    model = _strip_file(config.model) if _looks_local(config.model) else config.model
+    return EngineConfig(
+        model=model,
+        revision=config.revision,
+        dtype=dtype,
+        device="cuda" if gpus > 0 else "cpu",
+        max_model_len=config.max_model_len,
+        enforce_eager=config.enforce_eager,
+        gpu_memory_utilization=config.gpu_memory_utilization,
+        max_num_batched_tokens=config.max_num_batched_tokens,
+    )
+
+
+def model_revision(model: str, revision: str | None) -> str:
+    """A revision that pins the weights: a local directory's content fingerprint, or the hub commit."""
+    if os.path.isdir(model):
+        root = Path(model)
+        digest = hashlib.sha256()
+        for path in sorted(root.iterdir()):
+            if path.is_file():
+                digest.update(f"{path.name}:{path.stat().st_size}\n".encode())
+                if path.suffix == ".json":
+                    digest.update(path.read_bytes())
+        return "local-sha256:" + digest.hexdigest()[:16]
+    if os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0"):
+        return revision or "unresolved"
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().model_info(model, revision=revision, timeout=10).sha or (revision or "unresolved")
+    except Exception:  # noqa: BLE001 - provenance must not stop a run; say it was not resolved
+        return revision or "unresolved"
+
+
+def code_version() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return f"{__version__}+g{sha}{'.dirty' if dirty else ''}"
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+
+
+def make_provenance(config: ScoreConfig, engine: EngineConfig) -> Provenance:
+    return Provenance(
+        scorer_model=config.model,
+        scorer_revision=model_revision(engine.model, config.revision),
+        prompt_version=PROMPT_VERSION,
+        engine=config.engine,
+        dtype=engine.dtype,
+        code_version=code_version(),
+    )

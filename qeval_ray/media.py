@@ -93,7 +93,7 @@ def decode_image(data: bytes, options: ImageOptions = ImageOptions()) -> np.ndar
         resized = fetch_image({"image": image, "min_pixels": options.min_pixels, "max_pixels": options.max_pixels})
     except ValueError as e:
         raise MediaError(f"cannot be resized for the model: {e}") from e
-    return np.asarray(resized, dtype=np.uint8)
+    return np.array(resized, dtype=np.uint8)  # a writable copy: torch warns on read-only arrays
 
 
 # --- videos ---------------------------------------------------------------------------------------

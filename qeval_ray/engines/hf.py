@@ -26,8 +26,8 @@ class HFEngine(Engine):
         torch.manual_seed(config.seed)
         self.processor = AutoProcessor.from_pretrained(config.model, revision=config.revision)
         self.model = Qwen2VLForConditionalGeneration.from_pretrained(
-            config.model, revision=config.revision, dtype=getattr(torch, config.dtype), device_map=config.device
-        ).eval()
+            config.model, revision=config.revision, dtype=getattr(torch, config.dtype)
+        ).to(config.device).eval()
         self.token_ids = rating_token_ids(self.processor.tokenizer)
         check_distinct(self.token_ids)
 

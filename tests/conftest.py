@@ -1,0 +1,118 @@
+"""Shared fixtures: a tiny model built once, generated media, and a local Ray instance.
+
+The suite runs under ``scripts/offline`` (a network namespace with only loopback); the environment
+below also tells every library not to look for a hub.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.update(
+    HF_HUB_OFFLINE="1",
+    TRANSFORMERS_OFFLINE="1",
+    RAY_AUTH_MODE="disabled",  # Ray 2.60's token auth would break `ray job submit` in tests
+    VLLM_ENABLE_V1_MULTIPROCESSING="0",
+    VLLM_CPU_KVCACHE_SPACE="1",
+    TOKENIZERS_PARALLELISM="false",
+)
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import pytest  # noqa: E402
+
+from qeval_ray import synthetic  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Small images keep CPU runs quick; the resize rules are the same at any size.
+SMALL = ["--max-pixels", str(64 * 28 * 28), "--video-max-pixels", str(16 * 28 * 28)]
+MAX_MODEL_LEN = 2048  # vLLM runs: the "too-long" row of the mixed corpus exceeds it
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    from qeval_ray.tiny_model import build
+
+    return str(build(tmp_path_factory.mktemp("tiny_model")))
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    import ray
+
+    if not ray.is_initialized():
+        # More logical CPUs than cores: scoring actors take fractions and read tasks still get one.
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield ray
+
+
+def write_manifest(path: Path, rows: list[dict]) -> Path:
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def mixed_corpus(tmp_path_factory) -> Path:
+    """Good images of several sizes and modes, and every kind of bad row the job must survive."""
+    root = tmp_path_factory.mktemp("mixed")
+    media = root / "media"
+    media.mkdir()
+    rows = []
+    sizes = [(40, 40), (300, 200), (57, 211), (512, 384), (90, 1000), (28, 28)]
+    modes = ["RGB", "RGBA", "L", "P", "CMYK", "I;16", "LA", "1"]
+    for i, ((h, w), mode) in enumerate(zip(sizes * 2, modes + ["RGB"] * 4)):
+        ext = "jpg" if mode == "CMYK" else ("webp" if i == 9 else "png")
+        path = synthetic.save_image(media / f"good_{i}.{ext}", synthetic.pattern(h, w, i), mode)
+        rows.append({"id": f"good-{i}", "uri": f"media/{path.name}", "prompt": synthetic.prompt_for(i), "model": f"gen-{i % 3}"})
+    rows.append({"id": "quotes", "uri": "media/good_0.png", "model": "gen-0",
+                 "prompt": 'a "quoted" sign saying \'hi\' — 東京の夜景, Ünïcödé, emoji 🦊'})
+    synthetic.truncated(media / "corrupt.jpg", media / "good_4.jpg", 0.4)
+    (media / "garbage.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(200))
+    synthetic.bomb_png(media / "bomb.png")
+    synthetic.save_image(media / "thin.png", synthetic.pattern(2, 500, 7))  # aspect ratio 250 > 200
+    (media / "empty.png").write_bytes(b"")
+    rows += [
+        {"id": "corrupt", "uri": "media/corrupt.jpg", "prompt": "a truncated jpeg", "model": "gen-0"},
+        {"id": "garbage", "uri": "media/garbage.png", "prompt": "random bytes", "model": "gen-0"},
+        {"id": "missing", "uri": "media/does_not_exist.png", "prompt": "a missing file", "model": "gen-1"},
+        {"id": "bomb", "uri": "media/bomb.png", "prompt": "a decompression bomb", "model": "gen-1"},
+        {"id": "thin", "uri": "media/thin.png", "prompt": "an extreme aspect ratio", "model": "gen-1"},
+        {"id": "zero-bytes", "uri": "media/empty.png", "prompt": "an empty file", "model": "gen-2"},
+        {"id": "empty-prompt", "uri": "media/good_1.png", "prompt": "", "model": "gen-2"},
+        {"id": "null-prompt", "uri": "media/good_1.png", "prompt": None, "model": "gen-2"},
+        {"id": "vision-token", "uri": "media/good_2.png", "prompt": "sneaky <|image_pad|> prompt", "model": "gen-2"},
+        {"id": "unknown-ext", "uri": "media/good_2.data", "prompt": "no extension hint", "model": "gen-2"},
+        {"id": "bad-type", "uri": "media/good_2.png", "prompt": "audio?", "media_type": "audio", "model": "gen-2"},
+        # Longer than the vLLM runs' --max-model-len: the engine itself fails on this one item.
+        {"id": "too-long", "uri": "media/good_3.png", "prompt": " ".join(["lighthouse"] * 3000), "model": "gen-0"},
+    ]
+    for row in rows:
+        row.setdefault("media_type", None)
+    return write_manifest(root / "manifest.parquet", rows)
+
+
+# Expected status of every bad row above.
+MIXED_BAD = {
+    "corrupt": "decode_error", "garbage": "decode_error", "missing": "fetch_error", "bomb": "decode_error",
+    "thin": "decode_error", "zero-bytes": "decode_error", "empty-prompt": "invalid_row",
+    "null-prompt": "invalid_row", "vision-token": "invalid_row", "unknown-ext": "invalid_row",
+    "bad-type": "invalid_row",
+}
+
+
+def read_scores(out_dir) -> pa.Table:
+    return pq.read_table(Path(out_dir) / "scores").sort_by("id")
+
+
+def assert_probabilities(table: pa.Table, aspect: str) -> None:
+    from qeval_ray.schema import probability_columns
+
+    probs = np.array([table.column(c).to_pylist() for c in probability_columns(aspect)], dtype=float).T
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-9)
+    scores = np.array(table.column(aspect).to_pylist(), dtype=float)
+    assert np.allclose(probs @ np.array([1, 0.75, 0.5, 0.25, 0]), scores, atol=1e-12)
+    assert ((scores >= 0) & (scores <= 1)).all()

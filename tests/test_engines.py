@@ -1,0 +1,61 @@
+"""Engine-level behaviour on the tiny model: the media reaches the model; batching changes nothing."""
+
+import numpy as np
+import pytest
+
+from qeval_ray import media, synthetic
+from qeval_ray.engines.base import EngineConfig, Media, ScoreRequest, chat_prompt, load_engine
+from qeval_ray.prompts import context_prompt
+
+
+@pytest.fixture(scope="module")
+def hf_engine(tiny_model):
+    return load_engine("hf", EngineConfig(model=tiny_model))
+
+
+def _image(seed, h=140, w=200):
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(synthetic.pattern(h, w, seed)).save(buf, format="PNG")
+    return Media("image", media.decode_image(buf.getvalue(), media.ImageOptions(max_pixels=64 * 28 * 28)))
+
+
+def _request(img, aspect="quality", prompt="a red fox in the snow"):
+    return ScoreRequest(img, context_prompt(aspect, "image", prompt))
+
+
+def test_the_image_reaches_the_model(hf_engine):
+    a, b = _image(1), _image(2)
+    la, lb, la2 = hf_engine.rating_logprobs([_request(a), _request(b), _request(_image(1))])
+    assert not np.allclose(la, lb, atol=1e-4)  # different pixels, different ratings
+    assert np.allclose(la, la2, atol=1e-6)  # same pixels, same ratings
+
+
+def test_the_prompt_and_aspect_reach_the_model(hf_engine):
+    img = _image(3)
+    q, al, other = hf_engine.rating_logprobs(
+        [_request(img, "quality"), _request(img, "alignment"), _request(img, "quality", "a bowl of ramen")]
+    )
+    assert not np.allclose(q, al, atol=1e-4) and not np.allclose(q, other, atol=1e-4)
+
+
+def test_batching_and_padding_change_nothing(hf_engine):
+    reqs = [_request(_image(s, 60 + 30 * s, 90 + 20 * s), prompt=synthetic.prompt_for(s)) for s in range(5)]
+    batched = hf_engine.rating_logprobs(reqs)
+    single = np.concatenate([hf_engine.rating_logprobs([r]) for r in reqs])
+    assert np.allclose(batched, single, atol=1e-4)
+
+
+def test_prompt_is_the_reference_chat_template(hf_engine):
+    text = chat_prompt(hf_engine.processor, _request(_image(0)))
+    assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n")
+    assert "<|vision_start|><|image_pad|><|vision_end|><image>Suppose you are an expert" in text
+    assert text.endswith("Now please rate this image:<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_unknown_engine():
+    with pytest.raises(ValueError, match="unknown engine"):
+        load_engine("onnx", EngineConfig(model="x"))

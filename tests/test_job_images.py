@@ -1,0 +1,126 @@
+"""The whole job over a mixed image corpus, run as users run it, with both engines."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import MAX_MODEL_LEN, MIXED_BAD, REPO, SMALL, assert_probabilities, read_scores
+
+pytestmark = pytest.mark.slow
+
+
+def job_args(manifest, out, model, engine, *extra):
+    return ["--input", str(manifest), "--output", str(out), "--model", model, "--engine", engine,
+            "--batch-size", "4", "--decode-batch-size", "2", *SMALL, *extra]
+
+
+@pytest.fixture(scope="module")
+def vllm_run(tmp_path_factory, tiny_model, mixed_corpus):
+    """`python jobs/score.py ...` in a subprocess: its own local Ray, two vLLM actors."""
+    out = tmp_path_factory.mktemp("out_vllm")
+    args = job_args(mixed_corpus, out, tiny_model, "vllm", "--enforce-eager", "--concurrency", "2",
+                    "--num-cpus-per-actor", "0.5", "--max-model-len", str(MAX_MODEL_LEN))
+    proc = subprocess.run([sys.executable, "jobs/score.py", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return out, proc
+
+
+@pytest.fixture(scope="module")
+def hf_run(tmp_path_factory, tiny_model, mixed_corpus, ray_local):
+    """The same corpus through the HF engine, in-process (the driver API)."""
+    from qeval_ray.config import parse_score_args
+    from qeval_ray.pipeline import run
+
+    out = tmp_path_factory.mktemp("out_hf")
+    config = parse_score_args(job_args(mixed_corpus, out, tiny_model, "hf", "--num-cpus-per-actor", "0.5"))
+    return out, run(config)
+
+
+def test_rows_in_equal_rows_out(vllm_run, mixed_corpus):
+    import pyarrow.parquet as pq
+
+    ids = pq.read_table(mixed_corpus).column("id").to_pylist()
+    out = read_scores(vllm_run[0]).column("id").to_pylist()
+    assert sorted(out) == sorted(ids) and len(set(out)) == len(out)
+
+
+def test_every_bad_row_has_a_status_and_a_reason(vllm_run):
+    rows = {r["id"]: r for r in read_scores(vllm_run[0]).to_pylist()}
+    for item, status in MIXED_BAD.items():
+        assert rows[item]["status"] == status, (item, rows[item]["error"])
+        assert rows[item]["error"], item
+        assert rows[item]["quality"] is None and rows[item]["alignment"] is None
+    assert "decompression bomb" in rows["bomb"]["error"]
+    assert "not found" in rows["missing"]["error"]
+    assert "aspect ratio" in rows["thin"]["error"]
+    assert "prompt is empty" in rows["empty-prompt"]["error"]
+    assert "<|image_pad|>" in rows["vision-token"]["error"]
+    # A real engine failure on one item: isolated, the rest of its batch scored.
+    assert rows["too-long"]["status"] == "score_error"
+    assert str(MAX_MODEL_LEN) in rows["too-long"]["error"]
+
+
+def test_every_good_row_has_scores(vllm_run):
+    table = read_scores(vllm_run[0])
+    ok = table.filter(table.column("status").to_numpy(zero_copy_only=False) == "ok")
+    assert ok.num_rows == table.num_rows - len(MIXED_BAD) - 1
+    for aspect in ("quality", "alignment"):
+        assert ok.column(aspect).null_count == 0
+        assert_probabilities(ok, aspect)
+    assert len(set(np.round(ok.column("quality").to_pylist(), 9))) > 3  # not one constant
+    row = next(r for r in ok.to_pylist() if r["id"] == "quotes")
+    assert row["prompt"].startswith('a "quoted" sign') and "東京" in row["prompt"]
+    assert set(ok.column("engine").to_pylist()) == {"vllm"}
+    assert set(ok.column("dtype").to_pylist()) == {"float32"}
+    assert all(v.startswith("local-sha256:") for v in ok.column("scorer_revision").to_pylist())
+    assert set(ok.column("prompt_version").to_pylist()) == {"qeval100k-v1"}
+    assert (np.array(ok.column("media_height").to_pylist()) % 28 == 0).all()
+
+
+def test_summary(vllm_run):
+    out, proc = vllm_run
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rows_in"] == summary["rows_out"] == read_scores(out).num_rows
+    assert summary["by_status"]["decode_error"] == sum(s == "decode_error" for s in MIXED_BAD.values())
+    assert summary["provenance"]["engine"] == "vllm"
+    assert f"{summary['rows_in']} rows in, {summary['rows_out']} rows out" in proc.stdout
+    assert "scores:" in proc.stdout
+
+
+def test_vllm_and_hf_agree_through_the_whole_job(vllm_run, hf_run):
+    v = {r["id"]: r for r in read_scores(vllm_run[0]).to_pylist()}
+    h = {r["id"]: r for r in read_scores(hf_run[0]).to_pylist()}
+    assert v.keys() == h.keys()
+    compared = 0
+    for item in v:
+        if item == "too-long":  # only vLLM has a context limit here
+            assert h[item]["status"] == "ok"
+            continue
+        assert v[item]["status"] == h[item]["status"], item
+        if v[item]["status"] == "ok":
+            for aspect in ("quality", "alignment"):
+                assert abs(v[item][aspect] - h[item][aspect]) < 1e-4, (item, aspect)
+            compared += 1
+    assert compared >= 10
+
+
+def test_rerun_replaces_the_previous_output(hf_run, tiny_model, mixed_corpus):
+    from qeval_ray.config import parse_score_args
+    from qeval_ray.pipeline import run
+
+    out, first = hf_run
+    before = read_scores(out)
+    config = parse_score_args(job_args(mixed_corpus, out, tiny_model, "hf", "--num-cpus-per-actor", "0.5",
+                                       "--aspects", "quality"))
+    second = run(config)
+    after = read_scores(out)
+    assert after.num_rows == before.num_rows == second.rows_out
+    assert after.column("alignment").null_count == after.num_rows  # the new run's rows, not appended
+    assert np.allclose(
+        [x for x in after.column("quality").to_pylist() if x is not None],
+        [x for x in before.column("quality").to_pylist() if x is not None],
+    )

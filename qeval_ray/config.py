@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS, help="refuse source images larger than this (decompression bombs)")
     d.add_argument("--video-fps", type=float, default=DEFAULT_VIDEO_FPS, help="video: frames sampled per second (the reference's)")
     d.add_argument("--video-max-pixels", type=int, default=DEFAULT_VIDEO_MAX_PIXELS, help="video: pixel cap per frame (the reference's)")
-    d.add_argument("--video-decoder", default="auto", help="auto (decord, PyAV fallback) | decord | pyav")
+    d.add_argument("--video-decoder", default="auto", help="auto (PyAV, decord fallback) | pyav | decord")
     d.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="refuse media objects larger than this")
     r = p.add_argument_group("ray")
     r.add_argument("--concurrency", type=int, default=1, help="scoring actors (one engine each)")

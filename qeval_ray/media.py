@@ -100,21 +100,26 @@ def decode_image(data: bytes, options: ImageOptions = ImageOptions()) -> np.ndar
 #
 # Frame count, indices and size follow qwen-vl-utils' ``fetch_video`` exactly (its ``smart_nframes``
 # and ``smart_resize``, indices ``linspace(0, total - 1, n).round()`` in torch as it computes them,
-# torchvision bicubic+antialias resize), but only the sampled frames are decoded and each is resized
-# as soon as it is decoded: memory stays near the size of the sampled frames at the target size,
-# where the reference decodes the whole clip first.
+# torchvision bicubic+antialias resize), but only the sampled frames are converted to RGB and each is
+# resized as soon as it is decoded: memory stays near the size of the sampled frames at the target
+# size, where the reference decodes the whole clip first.
+#
+# Decoders: PyAV first, decord (the reference's decoder) for what PyAV cannot open. Both are FFmpeg
+# underneath and give the same frames (tests compare against qwen-vl-utils' own decord path); PyAV
+# is the first choice because, measured here on a 2-minute 1080p clip, it decoded the sampled
+# frames in 2-3 s against decord's 9 s, and decord's memory grew by ~130 MB per chunk whenever
+# torch work (the resize) ran between its calls, reaching 7 GB where PyAV stayed at 1.6 GB.
 
 DEFAULT_VIDEO_FPS = 8.0  # the reference's setting (qwen-vl-utils' own default is 2)
 DEFAULT_VIDEO_MAX_PIXELS = 100_352  # the reference's per-frame cap
-VIDEO_DECODERS = ("auto", "decord", "pyav")
-_RESIZE_CHUNK = 8  # frames decoded and resized together
+VIDEO_DECODERS = ("auto", "pyav", "decord")
 
 
 @dataclass(frozen=True)
 class VideoOptions:
     fps: float = DEFAULT_VIDEO_FPS
     max_pixels: int = DEFAULT_VIDEO_MAX_PIXELS
-    decoder: str = "auto"  # auto: decord, then PyAV for what decord cannot open
+    decoder: str = "auto"  # auto: PyAV, then decord for what PyAV cannot open
 
 
 @dataclass(frozen=True)
@@ -172,20 +177,27 @@ def frame_size(height: int, width: int, nframes: int, options: VideoOptions) -> 
         raise MediaError(f"cannot be resized for the model: {e}") from e
 
 
-def _resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """N x H x W x 3 uint8 -> N x h x w x 3 uint8 with the reference's torchvision resize."""
+def _resize_frame(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """H x W x 3 uint8 -> h x w x 3 uint8 with the reference's torchvision bicubic+antialias resize.
+
+    Resizing is per frame, so frames one at a time give the reference's values exactly, and only
+    one source-size frame is in memory at once (measured here: faster than chunks of 2 or 8, too).
+    """
     import torch
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms import functional as TF
 
-    tensor = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
+    tensor = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1).unsqueeze(0)
     out = TF.resize(tensor, list(size), interpolation=InterpolationMode.BICUBIC, antialias=True)
-    return out.permute(0, 2, 3, 1).numpy()
+    return out[0].permute(1, 2, 0).numpy()
 
 
 def _clean(message: str, limit: int = 200) -> str:
     """Decoder messages can quote the raw input bytes: keep the first printable line, briefly."""
+    import re
+
     line = str(message).strip().splitlines()[0] if str(message).strip() else "unknown error"
+    line = re.sub(r"^\[[\d:]+\] \S+:\d+: (Check failed: .*? ERROR )?", "", line)  # decord's log prefix
     line = "".join(ch if ch.isprintable() else "?" for ch in line)
     return line[:limit] + ("..." if len(line) > limit else "")
 
@@ -214,7 +226,7 @@ class _SilencedStderr:
 
 
 class _Sampler:
-    """Collects sampled frames into one preallocated T x h x w x 3 array, resizing as they come."""
+    """Collects sampled frames into one preallocated T x h x w x 3 array, resizing each on arrival."""
 
     def __init__(self, indices: list[int], options: VideoOptions):
         self.indices = indices
@@ -222,14 +234,13 @@ class _Sampler:
         self.out: np.ndarray | None = None
         self.filled = 0
 
-    def add(self, frames: np.ndarray) -> None:
+    def add(self, frame: np.ndarray) -> None:
         if self.out is None:
             n = padded_count(len(self.indices))
-            h, w = frame_size(frames.shape[1], frames.shape[2], n, self.options)
+            h, w = frame_size(frame.shape[0], frame.shape[1], n, self.options)
             self.out = np.empty((n, h, w, 3), dtype=np.uint8)
-        resized = _resize_frames(frames, self.out.shape[1:3])
-        self.out[self.filled : self.filled + len(resized)] = resized
-        self.filled += len(resized)
+        self.out[self.filled] = _resize_frame(frame, self.out.shape[1:3])
+        self.filled += 1
 
     def result(self) -> np.ndarray:
         if self.out is None or self.filled != len(self.indices):
@@ -238,9 +249,38 @@ class _Sampler:
         return self.out
 
 
-def _decode_decord(data: bytes, options: VideoOptions) -> VideoClip:
-    import decord
+def import_decord():
+    """Import decord without letting it replace this process's BLAS.
 
+    decord2 3.4.0 ``dlopen``s every library under ``site-packages/nvidia/*/lib`` with RTLD_GLOBAL
+    when imported, ``libnvblas`` included. NVBLAS then intercepts torch's CPU matrix products in the
+    whole process and, with no GPU config, segfaults (seen here: the HF engine's first video forward
+    after a decode). decord never needs NVBLAS, so that one library is skipped. Call this before
+    anything else imports decord (qwen-vl-utils does, for the reference path).
+    """
+    import ctypes
+    import sys
+
+    if "decord" in sys.modules:
+        return sys.modules["decord"]
+    real_cdll = ctypes.CDLL
+
+    class _WithoutNvblas(real_cdll):
+        def __init__(self, name, *args, **kwargs):
+            if name and "libnvblas" in str(name):
+                raise OSError("skipped by qeval_ray: NVBLAS would take over the process's BLAS")
+            super().__init__(name, *args, **kwargs)
+
+    ctypes.CDLL = _WithoutNvblas
+    try:
+        import decord
+    finally:
+        ctypes.CDLL = real_cdll
+    return decord
+
+
+def _decode_decord(data: bytes, options: VideoOptions) -> VideoClip:
+    decord = import_decord()
     with _SilencedStderr():
         reader = decord.VideoReader(io.BytesIO(data), num_threads=1)
         total, fps = len(reader), float(reader.get_avg_fps())
@@ -248,8 +288,8 @@ def _decode_decord(data: bytes, options: VideoOptions) -> VideoClip:
             raise MediaError(f"no decodable frames (frames={total}, fps={fps})")
         indices = frame_indices(total, fps, options)
         sampler = _Sampler(indices, options)
-        for start in range(0, len(indices), _RESIZE_CHUNK):
-            sampler.add(reader.get_batch(indices[start : start + _RESIZE_CHUNK]).asnumpy())
+        for i in indices:
+            sampler.add(reader.get_batch([i]).asnumpy()[0])
         frames = sampler.result()
     return VideoClip(frames, indices, fps, total, _sample_fps(len(indices), total, fps), "decord")
 
@@ -268,26 +308,20 @@ def _decode_pyav(data: bytes, options: VideoOptions) -> VideoClip:
     if total < 1 or not fps > 0:
         raise MediaError(f"no decodable frames (frames={total}, fps={fps})")
     indices = frame_indices(total, fps, options)
-    wanted: dict[int, int] = {}
+    copies: dict[int, int] = {}
     for i in indices:
-        wanted[i] = wanted.get(i, 0) + 1
+        copies[i] = copies.get(i, 0) + 1
     sampler = _Sampler(indices, options)
-    pending: list[np.ndarray] = []
     with av.open(io.BytesIO(data)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        last = indices[-1]
         for i, frame in enumerate(container.decode(stream)):
-            if i in wanted:
+            if i in copies:
                 rgb = frame.to_ndarray(format="rgb24")  # convert only the sampled frames
-                pending.extend([rgb] * wanted[i])
-                if len(pending) >= _RESIZE_CHUNK:
-                    sampler.add(np.stack(pending))
-                    pending = []
-            if i >= last:
+                for _ in range(copies[i]):
+                    sampler.add(rgb)
+            if i >= indices[-1]:
                 break
-    if pending:
-        sampler.add(np.stack(pending))
     return VideoClip(sampler.result(), indices, fps, total, _sample_fps(len(indices), total, fps), "pyav")
 
 
@@ -299,7 +333,7 @@ def decode_video(data: bytes, options: VideoOptions = VideoOptions()) -> VideoCl
     """Video bytes -> the sampled, resized frames the reference would feed the model."""
     if not data:
         raise MediaError("empty file")
-    decoders = {"decord": [_decode_decord], "pyav": [_decode_pyav], "auto": [_decode_decord, _decode_pyav]}
+    decoders = {"decord": [_decode_decord], "pyav": [_decode_pyav], "auto": [_decode_pyav, _decode_decord]}
     failures = []
     for decode in decoders[options.decoder]:
         try:

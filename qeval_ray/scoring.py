@@ -49,12 +49,12 @@ class ScoreStage(Stage):
 
     def _items(self, batch: pa.Table) -> list[_Item]:
         ok = pending(batch)
-        rows = batch.select(["media_type", "prompt", "sample_fps", PIXELS, PIXELS_SHAPE]).to_pylist()
+        rows = batch.select(["media_type", "prompt", PIXELS, PIXELS_SHAPE]).to_pylist()
         items = []
         for i, row in enumerate(rows):
             if not ok[i]:
                 continue
-            media = Media(row["media_type"], pixels_of(row[PIXELS], row[PIXELS_SHAPE]), fps=row["sample_fps"])
+            media = Media(row["media_type"], pixels_of(row[PIXELS], row[PIXELS_SHAPE]))
             texts = [context_prompt(aspect, media.kind, row["prompt"]) for aspect in self.options.aspects]
             items.append(_Item(i, [ScoreRequest(media, t) for t in texts]))
         return items

@@ -79,6 +79,8 @@ def write_video(path: Path, frames: int, fps: float, width: int, height: int, se
         stream = container.add_stream(codec, rate=fractions.Fraction(fps).limit_denominator(1001))
         stream.width, stream.height = width, height
         stream.pix_fmt = "rgb8" if codec == "gif" else "yuv420p"
+        if codec == "libx264":
+            stream.options = {"preset": "ultrafast"}  # test media: encode fast
         if pts_jitter:
             stream.codec_context.time_base = fractions.Fraction(1, 1000)
         pts = 0
@@ -155,3 +157,20 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def write_audio(path: Path, seconds: float = 1.0, rate: int = 16000) -> Path:
+    """An audio-only file (no video stream): a sine tone encoded with PyAV."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=rate)
+        t = np.arange(int(seconds * rate)) / rate
+        samples = (np.sin(2 * np.pi * 440 * t) * 0.3).astype(np.float32)[None, :]
+        frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+        frame.sample_rate = rate
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path

@@ -111,12 +111,13 @@ def build_processor(tokenizer):
     from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
 
     common = dict(
-        min_pixels=IMAGE_MIN_PIXELS, max_pixels=IMAGE_MAX_PIXELS,
         patch_size=VISION["patch_size"], merge_size=VISION["spatial_merge_size"],
         temporal_patch_size=VISION["temporal_patch_size"], image_mean=CLIP_MEAN, image_std=CLIP_STD,
     )
     return Qwen2VLProcessor(
-        image_processor=Qwen2VLImageProcessor(**common),
+        image_processor=Qwen2VLImageProcessor(min_pixels=IMAGE_MIN_PIXELS, max_pixels=IMAGE_MAX_PIXELS, **common),
+        # transformers' own video defaults (at least 128 merged patches per frame): the reference's
+        # frames can be smaller, so the engines must keep the processor from resizing them again.
         video_processor=Qwen2VLVideoProcessor(**common),
         tokenizer=tokenizer,
         chat_template=QWEN2_VL_CHAT_TEMPLATE,

@@ -24,7 +24,9 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402
 
-from qeval_ray import synthetic  # noqa: E402
+from qeval_ray import media, synthetic  # noqa: E402
+
+media.import_decord()  # before qwen-vl-utils imports decord: see media.import_decord
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -68,6 +70,23 @@ def mixed_corpus(tmp_path_factory) -> Path:
         ext = "jpg" if mode == "CMYK" else ("webp" if i == 9 else "png")
         path = synthetic.save_image(media / f"good_{i}.{ext}", synthetic.pattern(h, w, i), mode)
         rows.append({"id": f"good-{i}", "uri": f"media/{path.name}", "prompt": synthetic.prompt_for(i), "model": f"gen-{i % 3}"})
+    for i, (frames, fps, w, h) in enumerate([(36, 24, 160, 96), (50, 25, 224, 128), (45, 30, 320, 180)]):
+        path = synthetic.write_video(media / f"clip_{i}.mp4", frames, fps, w, h, seed=100 + i)
+        rows.append({"id": f"clip-{i}", "uri": f"media/{path.name}", "prompt": synthetic.prompt_for(20 + i),
+                     "model": f"gen-{i % 3}", "media_type": "video" if i == 0 else None})
+    synthetic.write_video(media / "one_frame.mkv", 1, 24, 160, 96, seed=7)
+    rows.append({"id": "one-frame", "uri": "media/one_frame.mkv", "prompt": "a single frame", "model": "gen-1"})
+    whole = (media / "clip_2.mp4").read_bytes()
+    (media / "truncated.mp4").write_bytes(whole[: len(whole) // 2])
+    synthetic.write_audio(media / "audio_only.mp4")
+    (media / "empty.mp4").write_bytes(b"")
+    (media / "garbage.mov").write_bytes(os.urandom(4000))
+    rows += [
+        {"id": "clip-truncated", "uri": "media/truncated.mp4", "prompt": "half a clip", "model": "gen-0"},
+        {"id": "clip-audio-only", "uri": "media/audio_only.mp4", "prompt": "no picture", "model": "gen-0"},
+        {"id": "clip-empty", "uri": "media/empty.mp4", "prompt": "zero bytes", "model": "gen-0"},
+        {"id": "clip-garbage", "uri": "media/garbage.mov", "prompt": "not a container", "model": "gen-0"},
+    ]
     rows.append({"id": "quotes", "uri": "media/good_0.png", "model": "gen-0",
                  "prompt": 'a "quoted" sign saying \'hi\' — 東京の夜景, Ünïcödé, emoji 🦊'})
     synthetic.truncated(media / "corrupt.jpg", media / "good_4.jpg", 0.4)
@@ -100,7 +119,8 @@ MIXED_BAD = {
     "corrupt": "decode_error", "garbage": "decode_error", "missing": "fetch_error", "bomb": "decode_error",
     "thin": "decode_error", "zero-bytes": "decode_error", "empty-prompt": "invalid_row",
     "null-prompt": "invalid_row", "vision-token": "invalid_row", "unknown-ext": "invalid_row",
-    "bad-type": "invalid_row",
+    "bad-type": "invalid_row", "clip-truncated": "decode_error", "clip-audio-only": "decode_error",
+    "clip-empty": "decode_error", "clip-garbage": "decode_error",
 }
 
 

@@ -59,3 +59,42 @@ def test_prompt_is_the_reference_chat_template(hf_engine):
 def test_unknown_engine():
     with pytest.raises(ValueError, match="unknown engine"):
         load_engine("onnx", EngineConfig(model="x"))
+
+
+def test_position_ids_follow_the_reference_rule(hf_engine):
+    """After a video, text continues at the video's largest position + 1, temporal extent included
+    (transformers 4.46 and vLLM); transformers 5.x would continue at max(h, w) instead."""
+    from qeval_ray.engines.base import processor_kwargs
+    from qeval_ray.engines.hf import reference_position_ids
+
+    cfg = hf_engine.model.config
+    frames = np.stack([synthetic.pattern(84, 140, i) for i in range(12)])  # grid t=6, merged h=3, w=5
+    video = ScoreRequest(Media("video", frames), context_prompt("quality", "video", "x"))
+    image = _request(_image(4))
+    inputs = hf_engine.processor(
+        text=[chat_prompt(hf_engine.processor, r) for r in (video, image)], images=[image.media.pixels],
+        videos=[frames], padding=True, padding_side="left", return_tensors="pt",
+        **processor_kwargs(hf_engine.processor),
+    )
+    pos = reference_position_ids(inputs["input_ids"], inputs["attention_mask"], inputs["image_grid_thw"],
+                                 inputs["video_grid_thw"], cfg)
+    ids = inputs["input_ids"][0]
+    where = (ids == cfg.video_token_id).nonzero().flatten()
+    block = pos[:, 0, where]
+    assert block[0].max() - block[0].min() == 5 and block[1].max() - block[1].min() == 2
+    after = pos[:, 0, where[-1] + 1]
+    assert (after == block.max() + 1).all()
+    # For images (t = 1) both rules agree: transformers' own positions are the same.
+    ours_image = pos[:, 1][:, inputs["attention_mask"][1].bool()]
+    theirs, _ = hf_engine.model.model.get_rope_index(
+        inputs["input_ids"][1:], mm_token_type_ids=inputs.get("mm_token_type_ids")[1:]
+        if "mm_token_type_ids" in inputs else None,
+        image_grid_thw=inputs["image_grid_thw"], attention_mask=inputs["attention_mask"][1:],
+    )
+    assert torch_equal(ours_image, theirs[:, 0][:, inputs["attention_mask"][1].bool()])
+
+
+def torch_equal(a, b):
+    import torch
+
+    return torch.equal(a.cpu(), b.cpu())

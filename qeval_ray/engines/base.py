@@ -9,7 +9,7 @@ Poor, Bad`` at the next-token position. The rest of the job does not know which 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar, Sequence
 
 import numpy as np
@@ -31,12 +31,13 @@ class EngineConfig:
 
 @dataclass(frozen=True)
 class Media:
-    """Decoded pixels as the model takes them: H x W x 3 (image) or T x H x W x 3 (video), uint8."""
+    """Decoded pixels as the model takes them: H x W x 3 (image) or T x H x W x 3 (video), uint8.
+
+    Qwen2-VL's temporal positions count frames, not seconds, so a clip needs no frame metadata.
+    """
 
     kind: str  # "image" | "video"
     pixels: np.ndarray
-    fps: float | None = None  # videos: the sampling rate of the frames given (for temporal position ids)
-    metadata: dict = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,23 @@ def chat_messages(request: ScoreRequest) -> list[dict]:
 def chat_prompt(processor, request: ScoreRequest) -> str:
     """The reference's prompt string: chat template, default system prompt, generation prompt."""
     return processor.apply_chat_template(chat_messages(request), tokenize=False, add_generation_prompt=True)
+
+
+def processor_kwargs(processor) -> dict:
+    """Processor settings both engines pass: media arrive already sampled and sized.
+
+    The decode stage samples frames and resizes media by qwen-vl-utils' rules (sizes are multiples
+    of 28), exactly as the reference hands them to its processor. The processor must not resample
+    or resize them again: transformers' own video defaults (at least 128 merged patches per frame)
+    would upscale the reference's smaller frames and change the scores.
+    """
+    kwargs = {"do_resize": False, "do_sample_frames": False}
+    video = getattr(processor, "video_processor", None)
+    if video is not None and hasattr(type(video), "cap_pixels_per_frame"):
+        # Newer transformers warn that they do not cap pixels per frame as qwen-vl-utils does; the
+        # frames are capped already and not resized, so adopt the capped behaviour and be quiet.
+        kwargs["cap_pixels_per_frame"] = True
+    return kwargs
 
 
 def load_engine(name: str, config: EngineConfig) -> Engine:

@@ -2,6 +2,12 @@
 
 Requests are batched with left padding, so the last position of every row is its own next-token
 position; only that position's logits are computed (``logits_to_keep=1``).
+
+M-RoPE positions are computed here, as the reference's transformers (4.46) and vLLM compute them:
+after a vision block the text continues at the block's largest position + 1, its temporal extent
+included. transformers 5.x continues at ``max(h, w)`` instead, which changes every video whose
+temporal grid is longer than its spatial one (most clips sampled at 8 fps): seen here as a 1.7e-4
+score difference on a 12-frame 84x140 clip, gone with these positions.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from qeval_ray.engines.base import Engine, EngineConfig, ScoreRequest, chat_prompt
+from qeval_ray.engines.base import Engine, EngineConfig, ScoreRequest, chat_prompt, processor_kwargs
 from qeval_ray.rating import check_distinct, rating_token_ids
 
 
@@ -30,16 +36,11 @@ class HFEngine(Engine):
         ).to(config.device).eval()
         self.token_ids = rating_token_ids(self.processor.tokenizer)
         check_distinct(self.token_ids)
+        self.processor_kwargs = processor_kwargs(self.processor)
 
     def _forward(self, requests: Sequence[ScoreRequest]) -> np.ndarray:
         images = [r.media.pixels for r in requests if r.media.kind == "image"]
         videos = [r.media.pixels for r in requests if r.media.kind == "video"]
-        fps = [r.media.fps for r in requests if r.media.kind == "video"]
-        kwargs = {}
-        if videos:
-            # The frames are already sampled and sized by qwen-vl-utils' rules: the video processor
-            # must neither re-sample nor resize them.
-            kwargs.update(do_sample_frames=False, fps=fps)
         inputs = self.processor(
             text=[chat_prompt(self.processor, r) for r in requests],
             images=images or None,
@@ -47,10 +48,14 @@ class HFEngine(Engine):
             padding=True,
             padding_side="left",
             return_tensors="pt",
-            **kwargs,
+            **self.processor_kwargs,
         ).to(self.model.device)
+        positions = reference_position_ids(
+            inputs["input_ids"], inputs["attention_mask"], inputs.get("image_grid_thw"),
+            inputs.get("video_grid_thw"), self.model.config,
+        )
         with self.torch.inference_mode():
-            logits = self.model(**inputs, logits_to_keep=1).logits[:, -1]
+            logits = self.model(**inputs, position_ids=positions, logits_to_keep=1).logits[:, -1]
         return logits[:, self.token_ids].float().cpu().numpy().astype(np.float64)
 
     def rating_logprobs(self, requests: Sequence[ScoreRequest]) -> np.ndarray:
@@ -58,3 +63,32 @@ class HFEngine(Engine):
             return np.zeros((0, len(self.token_ids)))
         step = max(1, self.config.hf_batch_size)
         return np.concatenate([self._forward(requests[i : i + step]) for i in range(0, len(requests), step)])
+
+
+def reference_position_ids(input_ids, attention_mask, image_grid_thw, video_grid_thw, config):
+    """Qwen2-VL's 3 x batch x length M-RoPE position ids, by the reference's rule (module doc)."""
+    import torch
+
+    merge = config.vision_config.spatial_merge_size
+    grids = {config.image_token_id: iter(image_grid_thw.tolist() if image_grid_thw is not None else []),
+             config.video_token_id: iter(video_grid_thw.tolist() if video_grid_thw is not None else [])}
+    positions = torch.ones(3, *input_ids.shape, dtype=torch.long, device=input_ids.device)
+    for row, (ids, mask) in enumerate(zip(input_ids.tolist(), attention_mask.bool())):
+        tokens = [t for t, keep in zip(ids, mask.tolist()) if keep]
+        parts, start, next_pos = [], 0, 0
+        while start < len(tokens):
+            # The next vision block: a run of image or video placeholder tokens.
+            at = next((i for i in range(start, len(tokens)) if tokens[i] in grids), len(tokens))
+            if at > start:
+                parts.append(torch.arange(at - start).expand(3, -1) + next_pos)
+                next_pos += at - start
+            if at == len(tokens):
+                break
+            t, h, w = next(grids[tokens[at]])
+            h, w = h // merge, w // merge
+            grid = torch.stack(torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij"))
+            parts.append(grid.reshape(3, -1) + next_pos)
+            next_pos = int(parts[-1].max()) + 1
+            start = at + t * h * w
+        positions[:, row, mask] = torch.cat(parts, dim=1).to(positions.device)
+    return positions

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from qeval_ray.engines.base import Engine, EngineConfig, ScoreRequest, chat_prompt
+from qeval_ray.engines.base import Engine, EngineConfig, ScoreRequest, chat_prompt, processor_kwargs
 from qeval_ray.rating import check_distinct, rating_token_ids
 
 # The engine core runs in this process: a Ray actor should not fork engine processes of its own,
@@ -26,8 +26,10 @@ class VLLMEngine(Engine):
 
     def __init__(self, config: EngineConfig):
         super().__init__(config)
+        from transformers import AutoProcessor
         from vllm import LLM, SamplingParams
 
+        self.processor = AutoProcessor.from_pretrained(config.model, revision=config.revision)
         kwargs = dict(
             model=config.model,
             revision=config.revision,
@@ -37,6 +39,7 @@ class VLLMEngine(Engine):
             enable_prefix_caching=True,
             limit_mm_per_prompt={"image": 1, "video": 1},
             enforce_eager=config.enforce_eager,
+            mm_processor_kwargs=processor_kwargs(self.processor),
         )
         if config.device != "cpu":
             kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization
@@ -45,11 +48,7 @@ class VLLMEngine(Engine):
         if config.max_num_batched_tokens:
             kwargs["max_num_batched_tokens"] = config.max_num_batched_tokens
         self.llm = LLM(**kwargs)
-        self.tokenizer = self.llm.get_tokenizer()
-        from transformers import AutoProcessor
-
-        self.processor = AutoProcessor.from_pretrained(config.model, revision=config.revision)
-        self.token_ids = rating_token_ids(self.tokenizer)
+        self.token_ids = rating_token_ids(self.llm.get_tokenizer())
         check_distinct(self.token_ids)
         self.sampling = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=self.token_ids)
 

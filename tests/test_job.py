@@ -1,4 +1,4 @@
-"""The whole job over a mixed image corpus, run as users run it, with both engines."""
+"""The whole job over a mixed image + video corpus, run as users run it, with both engines."""
 
 import json
 import subprocess
@@ -58,6 +58,8 @@ def test_every_bad_row_has_a_status_and_a_reason(vllm_run):
     assert "not found" in rows["missing"]["error"]
     assert "aspect ratio" in rows["thin"]["error"]
     assert "prompt is empty" in rows["empty-prompt"]["error"]
+    assert "no video stream" in rows["clip-audio-only"]["error"]
+    assert "empty file" in rows["clip-empty"]["error"]
     assert "<|image_pad|>" in rows["vision-token"]["error"]
     # A real engine failure on one item: isolated, the rest of its batch scored.
     assert rows["too-long"]["status"] == "score_error"
@@ -79,6 +81,26 @@ def test_every_good_row_has_scores(vllm_run):
     assert all(v.startswith("local-sha256:") for v in ok.column("scorer_revision").to_pylist())
     assert set(ok.column("prompt_version").to_pylist()) == {"qeval100k-v1"}
     assert (np.array(ok.column("media_height").to_pylist()) % 28 == 0).all()
+
+
+def test_videos_are_scored_with_their_sampling(vllm_run):
+    rows = {r["id"]: r for r in read_scores(vllm_run[0]).to_pylist()}
+    for item, (frames, fps) in {"clip-0": (36, 24), "clip-1": (50, 25), "clip-2": (45, 30)}.items():
+        row = rows[item]
+        assert row["status"] == "ok" and row["media_type"] == "video", row["error"]
+        assert row["source_frames"] == frames and row["source_fps"] == pytest.approx(fps)
+        assert row["num_frames"] % 2 == 0 and row["num_frames"] >= 4
+        assert row["sample_fps"] == pytest.approx(len_sampled(frames, fps) / frames * fps)
+        assert row["media_height"] * row["media_width"] <= 16 * 28 * 28  # --video-max-pixels
+        assert 0 <= row["quality"] <= 1 and 0 <= row["alignment"] <= 1
+    one = rows["one-frame"]  # padded to the temporal patch, as qwen-vl-utils pads frame lists
+    assert one["status"] == "ok" and one["num_frames"] == 2 and one["source_frames"] == 1
+
+
+def len_sampled(frames, fps):
+    from qwen_vl_utils.vision_process import smart_nframes
+
+    return smart_nframes({"fps": 8}, total_frames=frames, video_fps=fps)
 
 
 def test_summary(vllm_run):
@@ -105,7 +127,7 @@ def test_vllm_and_hf_agree_through_the_whole_job(vllm_run, hf_run):
             for aspect in ("quality", "alignment"):
                 assert abs(v[item][aspect] - h[item][aspect]) < 1e-4, (item, aspect)
             compared += 1
-    assert compared >= 10
+    assert compared >= 14  # images and videos
 
 
 def test_rerun_replaces_the_previous_output(hf_run, tiny_model, mixed_corpus):

@@ -22,6 +22,7 @@ from qeval_ray.media import (
     VIDEO_DECODERS,
 )
 from qeval_ray.prompts import ASPECTS
+from qeval_ray.storage import StorageOptions
 
 DEFAULT_MODEL = "AGI-Eval/Q-Eval-Score"
 DTYPES = ("auto", "float16", "bfloat16", "float32")
@@ -48,6 +49,9 @@ class ScoreConfig:
     video_max_pixels: int = DEFAULT_VIDEO_MAX_PIXELS
     video_decoder: str = "auto"
     max_bytes: int = DEFAULT_MAX_BYTES
+    # storage
+    s3_endpoint: str | None = None
+    fetch_attempts: int = 5
     # Ray
     concurrency: int = 1  # scoring actors
     num_gpus_per_actor: float | None = None  # None: 1 if the cluster has GPUs, else 0
@@ -60,6 +64,10 @@ class ScoreConfig:
     enforce_eager: bool = False
     gpu_memory_utilization: float = 0.9
     max_num_batched_tokens: int | None = None
+
+    @property
+    def storage(self) -> StorageOptions:
+        return StorageOptions(s3_endpoint=self.s3_endpoint, attempts=self.fetch_attempts)
 
     def validate(self) -> "ScoreConfig":
         problems = []
@@ -75,7 +83,7 @@ class ScoreConfig:
         if self.dtype not in DTYPES:
             problems.append(f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
         for name in ("min_pixels", "max_pixels", "max_image_pixels", "video_max_pixels", "max_bytes",
-                     "concurrency", "batch_size", "decode_batch_size"):
+                     "concurrency", "batch_size", "decode_batch_size", "fetch_attempts"):
             if getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} must be at least 1")
         if self.min_pixels > self.max_pixels:
@@ -92,6 +100,8 @@ class ScoreConfig:
             problems.append(f"--model {self.model!r}: no such model directory (give a local directory or a Hugging Face id)")
         if self.input.rstrip("/") == self.output.rstrip("/"):
             problems.append("--output must differ from --input")
+        if self.s3_endpoint and not self.s3_endpoint.startswith(("http://", "https://")):
+            problems.append("--s3-endpoint must be an http:// or https:// URL")
         if problems:
             raise ConfigError("invalid options:\n  " + "\n  ".join(problems))
         return self
@@ -138,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--video-max-pixels", type=int, default=DEFAULT_VIDEO_MAX_PIXELS, help="video: pixel cap per frame (the reference's)")
     d.add_argument("--video-decoder", default="auto", help="auto (PyAV, decord fallback) | pyav | decord")
     d.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="refuse media objects larger than this")
+    s = p.add_argument_group("storage")
+    s.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint URL (default: AWS_ENDPOINT_URL or AWS)")
+    s.add_argument("--fetch-attempts", type=int, default=5, help="tries per media object on transient storage errors")
     r = p.add_argument_group("ray")
     r.add_argument("--concurrency", type=int, default=1, help="scoring actors (one engine each)")
     r.add_argument("--num-gpus-per-actor", type=float, default=None, help="default: 1 if the cluster has GPUs, else 0")

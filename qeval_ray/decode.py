@@ -25,6 +25,7 @@ class DecodeOptions:
     video: media.VideoOptions = field(default_factory=media.VideoOptions)
     max_bytes: int = DEFAULT_MAX_BYTES  # refuse larger objects before downloading them
     base_dir: str | None = None  # relative uris in the manifest are relative to this
+    storage: storage.StorageOptions = field(default_factory=storage.StorageOptions)
 
 
 class _RowFailed(Exception):
@@ -42,7 +43,8 @@ def _media_type(row: dict) -> str:
         return kind
     kind = media.infer_media_type(row["uri"])
     if kind is None:
-        raise _RowFailed(Status.INVALID, f"cannot tell image from video by the extension of {row['uri']!r}; set media_type")
+        shown = storage.redact(row["uri"])
+        raise _RowFailed(Status.INVALID, f"cannot tell image from video by the extension of {shown!r}; set media_type")
     return kind
 
 
@@ -70,8 +72,9 @@ class DecodeStage(Stage):
         kind = values["media_type"] = _media_type(row)
         uri = storage.resolve(row["uri"], self.options.base_dir)
         try:
-            data = storage.read_bytes(uri, self.options.max_bytes)
+            data, values["fetch_retries"] = storage.read_bytes(uri, self.options.max_bytes, self.options.storage)
         except storage.StorageError as e:
+            values["fetch_retries"] = e.retries
             raise _RowFailed(Status.FETCH, str(e)) from e
         try:
             if kind == "image":
@@ -109,7 +112,7 @@ class DecodeStage(Stage):
 
     _new_columns = (
         "media_type", "status", "error", "media_height", "media_width",
-        "num_frames", "source_fps", "source_frames", "sample_fps", PIXELS, PIXELS_SHAPE,
+        "num_frames", "source_fps", "source_frames", "sample_fps", "fetch_retries", PIXELS, PIXELS_SHAPE,
     )
 
 

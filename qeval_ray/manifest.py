@@ -36,12 +36,13 @@ class Manifest:
     schema: pa.Schema  # the columns as the job reads them (known columns with their fixed types)
     num_rows: int
     base_dir: str  # relative media uris are resolved against this
+    storage: storage.StorageOptions = storage.DEFAULT
 
     def read(self, **read_args):
         """The manifest as a Ray dataset, every block in ``schema``."""
         import ray.data
 
-        fs, _ = storage.arrow_filesystem(self.uri)
+        fs, _ = storage.arrow_filesystem(self.uri, self.storage)
         paths = list(self.paths)
         if self.format == "parquet":
             ds = ray.data.read_parquet(paths, filesystem=fs, **read_args)
@@ -60,9 +61,9 @@ def _format_of(path: str) -> str | None:
     return FORMATS.get(posixpath.splitext(path)[1].lower())
 
 
-def _list_files(uri: str) -> tuple[tuple[str, ...], str]:
+def _list_files(uri: str, options: storage.StorageOptions) -> tuple[tuple[str, ...], str]:
     """The manifest's files, and the directory relative media uris are resolved against."""
-    fs, path = storage.filesystem(uri)
+    fs, path = storage.filesystem(uri, options)
     try:
         if any(c in path for c in _GLOB_CHARS):
             found, base_dir = fs.glob(path), storage.parent(uri)
@@ -71,9 +72,9 @@ def _list_files(uri: str) -> tuple[tuple[str, ...], str]:
         elif fs.exists(path):
             return (path,), storage.parent(uri)
         else:
-            raise ManifestError(f"manifest not found: {uri}")
+            raise ManifestError(f"manifest not found: {storage.redact(uri)}")
     except PermissionError as e:
-        raise ManifestError(f"manifest {uri}: access denied ({e})") from e
+        raise ManifestError(f"manifest {storage.redact(uri)}: access denied ({e})") from e
     files = sorted(p for p in found if _format_of(p) and not posixpath.basename(p).startswith((".", "_")))
     if not files:
         raise ManifestError(f"no manifest files (.parquet, .jsonl, .csv) at {uri}")
@@ -136,14 +137,19 @@ def _check_ids(uri: str, ids: pa.ChunkedArray) -> None:
         raise ManifestError(f"manifest {uri}: {len(dup)} duplicate id(s): {named}{more}; ids must be unique")
 
 
-def open_manifest(uri: str) -> Manifest:
+def open_manifest(uri: str, options: storage.StorageOptions = storage.DEFAULT) -> Manifest:
     """Find, read through and validate the manifest at ``uri``; raise :class:`ManifestError`."""
-    paths, base_dir = _list_files(uri)
+    try:
+        paths, base_dir = _list_files(uri, options)
+    except ManifestError:
+        raise
+    except OSError as e:
+        raise ManifestError(f"cannot list manifest {storage.redact(uri)}: {type(e).__name__}: {e}") from e
     formats = {_format_of(p) for p in paths}
     if len(formats) > 1:
         raise ManifestError(f"manifest {uri} mixes formats ({', '.join(sorted(formats))}); use one")
     fmt = formats.pop()
-    fs, _ = storage.filesystem(uri)
+    fs, _ = storage.filesystem(uri, options)
     schemas, id_chunks, num_rows = [], [], 0
     try:
         for batch in _batches(fmt, fs, paths):
@@ -170,7 +176,7 @@ def open_manifest(uri: str) -> Manifest:
     except ManifestError:
         raise
     except (pa.ArrowInvalid, OSError, ValueError) as e:
-        raise ManifestError(f"cannot read manifest {uri}: {e}") from e
+        raise ManifestError(f"cannot read manifest {storage.redact(uri)}: {e}") from e
     if num_rows == 0:
         raise ManifestError(f"manifest {uri} has no rows")
     try:
@@ -182,4 +188,4 @@ def open_manifest(uri: str) -> Manifest:
         for f in unified
     ])
     _check_ids(uri, pa.chunked_array(id_chunks, type=pa.string()))
-    return Manifest(uri, fmt, paths, schema, num_rows, base_dir)
+    return Manifest(uri, fmt, paths, schema, num_rows, base_dir, options)

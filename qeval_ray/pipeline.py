@@ -22,9 +22,9 @@ from qeval_ray.scoring import ScoreStage, ScoringOptions
 
 def run(config: ScoreConfig) -> RunSummary:
     started = time.time()
-    manifest = open_manifest(config.input)  # validates; raises ManifestError before any work
-    layout = OutputLayout(config.output)
-    layout.check_writable()  # fails fast on an output we cannot write
+    manifest = open_manifest(config.input, config.storage)  # validates; ManifestError before any work
+    layout = OutputLayout(config.output, config.storage)
+    layout.begin()  # fails fast on an unwritable output; withdraws the old completion marker
     _init_ray(config)
     gpus = config.num_gpus_per_actor
     if gpus is None:
@@ -38,10 +38,11 @@ def run(config: ScoreConfig) -> RunSummary:
             video=VideoOptions(config.video_fps, config.video_max_pixels, config.video_decoder),
             max_bytes=config.max_bytes,
             base_dir=manifest.base_dir,
+            storage=config.storage,
         ),
         decoded_schema(manifest.schema),
     )
-    scoring = ScoringOptions(config.engine, engine, config.aspects, provenance)
+    scoring = ScoringOptions(config.engine, engine, config.aspects, provenance, config.storage)
 
     ds = manifest.read()
     # Small blocks let decode tasks and scoring actors share the work from the first rows on.

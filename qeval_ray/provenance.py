@@ -12,10 +12,12 @@ import subprocess
 from pathlib import Path
 
 from qeval_ray import __version__
-from qeval_ray.config import ScoreConfig, _looks_local, _strip_file
+from qeval_ray import storage
+from qeval_ray.config import ConfigError, ScoreConfig, _looks_local, _strip_file
 from qeval_ray.engines.base import EngineConfig
 from qeval_ray.prompts import PROMPT_VERSION
 from qeval_ray.schema import Provenance
+from qeval_ray.storage import StorageOptions
 
 
 def engine_config(config: ScoreConfig, gpus: float) -> EngineConfig:
@@ -35,8 +37,13 @@ def engine_config(config: ScoreConfig, gpus: float) -> EngineConfig:
     )
 
 
-def model_revision(model: str, revision: str | None) -> str:
-    """A revision that pins the weights: a local directory's content fingerprint, or the hub commit."""
+def model_revision(model: str, revision: str | None, options: StorageOptions) -> str:
+    """A revision that pins the weights: a directory's content fingerprint, or the hub commit."""
+    if "://" in model and not storage.is_local(model):
+        try:
+            return "remote-sha256:" + storage.fingerprint(model, options)
+        except OSError as e:
+            raise ConfigError(f"--model {storage.redact(model)}: cannot read it ({type(e).__name__}: {e})") from e
     if os.path.isdir(model):
         root = Path(model)
         digest = hashlib.sha256()
@@ -72,8 +79,8 @@ def code_version() -> str:
 
 def make_provenance(config: ScoreConfig, engine: EngineConfig) -> Provenance:
     return Provenance(
-        scorer_model=config.model,
-        scorer_revision=model_revision(engine.model, config.revision),
+        scorer_model=storage.redact(config.model),
+        scorer_revision=model_revision(engine.model, config.revision, config.storage),
         prompt_version=PROMPT_VERSION,
         engine=config.engine,
         dtype=engine.dtype,

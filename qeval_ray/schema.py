@@ -92,6 +92,8 @@ MEDIA_FIELDS = [
     pa.field("source_frames", pa.int32()),
     pa.field("sample_fps", pa.float64()),
 ]
+# How the row's media was read: retries of transient storage errors (throttling, 5xx, resets).
+FETCH_FIELDS = [pa.field("fetch_retries", pa.int32())]
 PROVENANCE_FIELDS = [pa.field(name, pa.string()) for name in Provenance.__dataclass_fields__]
 
 # Columns that only travel between stages (decoded pixels); never written.
@@ -102,7 +104,7 @@ INTERNAL_FIELDS = [pa.field(PIXELS, pa.large_binary()), pa.field(PIXELS_SHAPE, p
 
 def output_schema(manifest_schema: pa.Schema) -> pa.Schema:
     """The score parquet schema: our columns first, then every other manifest column as it came."""
-    fields = _CORE_FIELDS + _SCORE_FIELDS + MEDIA_FIELDS + PROVENANCE_FIELDS
+    fields = _CORE_FIELDS + _SCORE_FIELDS + MEDIA_FIELDS + FETCH_FIELDS + PROVENANCE_FIELDS
     ours = {f.name for f in fields}
     passthrough = [f for f in manifest_schema if f.name not in ours]
     return pa.schema(fields + passthrough)

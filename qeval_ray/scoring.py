@@ -8,6 +8,7 @@ scored. A poisonous item costs O(log batch) extra calls, never the batch.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Sequence
@@ -15,6 +16,7 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 
+from qeval_ray import storage
 from qeval_ray.decode import pixels_of
 from qeval_ray.engines.base import Engine, EngineConfig, Media, ScoreRequest, load_engine
 from qeval_ray.prompts import context_prompt
@@ -31,6 +33,7 @@ class ScoringOptions:
     engine_config: EngineConfig
     aspects: tuple[str, ...]
     provenance: Provenance
+    storage: storage.StorageOptions = storage.DEFAULT
 
 
 @dataclass
@@ -45,7 +48,7 @@ class ScoreStage(Stage):
     def __init__(self, options: ScoringOptions, schema: pa.Schema, engine: Engine | None = None):
         self.options = options
         self.schema = schema  # the output schema (pixels dropped)
-        self.engine = engine or load_engine(options.engine, options.engine_config)
+        self.engine = engine or load_engine(options.engine, _local_model(options))
 
     def _items(self, batch: pa.Table) -> list[_Item]:
         ok = pending(batch)
@@ -102,3 +105,12 @@ class ScoreStage(Stage):
             name: pa.array(values, type=self.schema.field(name).type) for name, values in columns.items()
         })
         return conform(out, self.schema)
+
+
+def _local_model(options: ScoringOptions) -> EngineConfig:
+    """Engines load from a hub id or a local directory: a model on object storage is copied to
+    this node's cache first (once per node, however many actors it runs)."""
+    model = options.engine_config.model
+    if "://" not in model or storage.is_local(model):
+        return options.engine_config
+    return dataclasses.replace(options.engine_config, model=storage.localize_dir(model, options.storage))

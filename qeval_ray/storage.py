@@ -1,50 +1,142 @@
 """uri -> filesystem. The only module that knows about local paths, file://, s3://, gs://, ...
 
-Everything goes through fsspec, so any installed protocol works; Ray Data gets the same
-filesystem wrapped for pyarrow. No other module builds a storage client.
+Everything goes through fsspec, so any installed protocol works (s3fs for s3://, gcsfs for gs://);
+Ray Data gets the same filesystems wrapped for pyarrow. Credentials come from the standard places
+(AWS environment variables, shared config/credentials files, instance roles, ...): nothing here
+takes or stores a secret, and :func:`redact` strips any that a uri carries before it is shown.
+
+Media fetches make one attempt per call at the library level and retry transient errors here, with
+exponential backoff and a bound, so every retry is counted and reported; a missing object or a
+denied one fails at once.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import os
 import posixpath
-from urllib.parse import urlparse
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from urllib.parse import urlparse, urlunparse
 
 import fsspec
+import pyarrow.fs as pafs
 
 LOCAL_PROTOCOLS = ("file", "local")
+# Errors that retrying cannot fix.
+_PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+_PERMANENT_ERRNOS = {errno.EINVAL, errno.ENAMETOOLONG, errno.EMSGSIZE, errno.ENOENT, errno.EACCES, errno.EPERM}
+
+
+@dataclass(frozen=True)
+class StorageOptions:
+    s3_endpoint: str | None = None  # else AWS_ENDPOINT_URL or the AWS config decide
+    attempts: int = 5  # media fetches: tries per object on transient errors
+    backoff_s: float = 0.25  # first wait; doubles each retry, with jitter
+    max_backoff_s: float = 8.0
+
+    def fsspec_kwargs(self, protocol: str, single_attempt: bool = False) -> dict:
+        if protocol not in ("s3", "s3a"):
+            return {}
+        kwargs: dict = {}
+        if self.s3_endpoint:
+            kwargs["endpoint_url"] = self.s3_endpoint
+        if single_attempt:  # botocore's own retries off: ours count every one
+            kwargs["config_kwargs"] = {"retries": {"total_max_attempts": 1, "mode": "standard"}}
+        return kwargs
+
+
+DEFAULT = StorageOptions()
 
 
 class StorageError(Exception):
     """A uri could not be read or written; ``kind`` says why in one word (not_found, denied, ...)."""
 
-    def __init__(self, kind: str, message: str):
+    def __init__(self, kind: str, message: str, retries: int = 0):
         super().__init__(message)
         self.kind = kind
+        self.retries = retries
 
 
 def protocol(uri: str) -> str:
     scheme = urlparse(uri).scheme
-    # A Windows drive letter or a bare path has no real scheme.
-    return scheme if len(scheme) > 1 else "file"
+    return scheme if len(scheme) > 1 else "file"  # a bare path (or a Windows drive letter)
 
 
 def is_local(uri: str) -> bool:
     return protocol(uri) in LOCAL_PROTOCOLS
 
 
-def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+def redact(text: str) -> str:
+    """A uri (or an endpoint) without any user:password it carries."""
+    parsed = urlparse(text)
+    if parsed.username is None and parsed.password is None:
+        return text
+    host = parsed.hostname or ""
+    if parsed.port:
+        host += f":{parsed.port}"
+    return urlunparse(parsed._replace(netloc=f"***@{host}"))
+
+
+def filesystem(uri: str, options: StorageOptions = DEFAULT, single_attempt: bool = False):
     """The fsspec filesystem for ``uri`` and the path inside it."""
-    return fsspec.core.url_to_fs(uri)
+    fs, path = fsspec.core.url_to_fs(uri, **options.fsspec_kwargs(protocol(uri), single_attempt))
+    if single_attempt and hasattr(fs, "retries"):
+        fs.retries = 1  # s3fs's own retry loop; this instance is ours alone (its options differ)
+    return fs, path
 
 
-def arrow_filesystem(uri: str):
-    """A pyarrow filesystem for ``uri`` (what Ray Data's readers and writers take) and the path."""
-    import pyarrow.fs as pafs
+def arrow_filesystem(uri: str, options: StorageOptions = DEFAULT, atomic_writes: bool = False):
+    """A pyarrow filesystem for ``uri`` (what Ray Data's readers and writers take) and the path.
 
-    fs, path = filesystem(uri)
+    With ``atomic_writes``, a local file is written under a hidden temporary name and renamed
+    into place when complete, so no reader sees half a file and a crash leaves nothing a reader
+    would pick up. Object stores need no help: an object appears only when its upload completes.
+    """
+    fs, path = filesystem(uri, options)
     if is_local(uri):
-        return pafs.LocalFileSystem(), path
+        handler = _AtomicLocalHandler(fs) if atomic_writes else None
+        return (pafs.PyFileSystem(handler) if handler else pafs.LocalFileSystem()), path
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+
+class _AtomicLocalHandler(pafs.FSSpecHandler):
+    def open_output_stream(self, path, metadata):
+        import pyarrow as pa
+
+        directory, name = posixpath.split(path)
+        temporary = posixpath.join(directory, f".{name}.{uuid.uuid4().hex[:12]}.tmp")
+        return pa.PythonFile(_RenameOnClose(self.fs, temporary, path), mode="w")
+
+
+class _RenameOnClose:
+    """A binary file written under ``temporary`` and renamed to ``final`` when closed."""
+
+    def __init__(self, fs, temporary: str, final: str):
+        self.fs, self.temporary, self.final = fs, temporary, final
+        self.file = fs.open(temporary, "wb")
+
+    def write(self, data):
+        return self.file.write(data)
+
+    def flush(self):
+        self.file.flush()
+
+    def tell(self):
+        return self.file.tell()
+
+    @property
+    def closed(self):
+        return self.file.closed
+
+    def close(self):
+        if self.file.closed:
+            return
+        self.file.close()
+        os.replace(self.temporary, self.final)
 
 
 def resolve(uri: str, base_dir: str | None) -> str:
@@ -67,25 +159,95 @@ def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts])
 
 
-def read_bytes(uri: str, max_bytes: int) -> bytes:
-    """All bytes of one object, refusing objects over ``max_bytes`` before reading them."""
+def is_permanent(error: BaseException) -> bool:
+    if isinstance(error, _PERMANENT):
+        return True
+    return isinstance(error, OSError) and error.errno in _PERMANENT_ERRNOS
+
+
+def read_bytes(uri: str, max_bytes: int, options: StorageOptions = DEFAULT) -> tuple[bytes, int]:
+    """All bytes of one object, and how many retries it took.
+
+    Transient errors (throttling, 5xx, dropped connections, timeouts) are retried up to
+    ``options.attempts`` tries with exponential backoff; a missing or denied object fails at once.
+    Objects over ``max_bytes`` are refused before they are read.
+    """
+    retries = 0
+    while True:
+        try:
+            return _read_once(uri, max_bytes, options), retries
+        except StorageError as e:
+            e.retries = retries
+            raise
+        except Exception as e:  # noqa: BLE001 - storage libraries raise many types; classify them
+            shown = redact(uri)
+            if isinstance(e, FileNotFoundError):
+                raise StorageError("not_found", f"not found: {shown}", retries) from e
+            if isinstance(e, PermissionError):
+                raise StorageError("denied", f"access denied: {shown}", retries) from e
+            if isinstance(e, IsADirectoryError):
+                raise StorageError("not_a_file", f"is a directory, not a file: {shown}", retries) from e
+            if is_permanent(e) or retries + 1 >= options.attempts:
+                kind = "io" if is_permanent(e) else "gave_up"
+                tries = f" after {retries + 1} tries" if kind == "gave_up" else ""
+                raise StorageError(kind, f"cannot read {shown}{tries}: {type(e).__name__}: {e}", retries) from e
+            delay = min(options.max_backoff_s, options.backoff_s * 2**retries)
+            time.sleep(delay * random.uniform(0.5, 1.0))
+            retries += 1
+
+
+def _read_once(uri: str, max_bytes: int, options: StorageOptions) -> bytes:
+    """One attempt, one request: a ranged GET for at most ``max_bytes + 1`` bytes (no HEAD)."""
+    fs, path = filesystem(uri, options, single_attempt=True)
     try:
-        fs, path = filesystem(uri)
-        size = fs.size(path)
-        if size is not None and size > max_bytes:
-            raise StorageError("too_large", f"{size} bytes exceeds the limit of {max_bytes} bytes (--max-bytes)")
-        with fs.open(path, "rb") as f:
-            data = f.read(max_bytes + 1)
-    except StorageError:
-        raise
-    except FileNotFoundError as e:
-        raise StorageError("not_found", f"not found: {uri}") from e
-    except PermissionError as e:
-        raise StorageError("denied", f"access denied: {uri}") from e
-    except IsADirectoryError as e:
-        raise StorageError("not_a_file", f"is a directory, not a file: {uri}") from e
+        data = fs.cat_file(path, start=0, end=max_bytes + 1)
     except OSError as e:
-        raise StorageError("io", f"cannot read {uri}: {e}") from e
+        if "range" not in str(e).lower():  # InvalidRange: "The requested range is not satisfiable"
+            raise
+        data = fs.cat_file(path)  # S3 answers 416 to a range on an empty object: read it whole
     if len(data) > max_bytes:
         raise StorageError("too_large", f"more than {max_bytes} bytes (--max-bytes)")
     return data
+
+
+def fingerprint(uri: str, options: StorageOptions = DEFAULT) -> str:
+    """A content fingerprint of a model directory: file names and sizes, and the JSON configs."""
+    fs, path = filesystem(uri, options)
+    digest = hashlib.sha256()
+    for info in sorted(fs.ls(path, detail=True), key=lambda i: i["name"]):
+        if info.get("type") != "file":
+            continue
+        name = posixpath.basename(info["name"])
+        digest.update(f"{name}:{info.get('size')}\n".encode())
+        if name.endswith(".json"):
+            digest.update(fs.cat_file(info["name"]))
+    return digest.hexdigest()[:16]
+
+
+def localize_dir(uri: str, options: StorageOptions = DEFAULT, cache_root: str | None = None) -> str:
+    """A local copy of a remote directory (model weights), made once per machine and reused.
+
+    Concurrent actors on one node take a file lock, so one downloads and the others wait.
+    """
+    import fcntl
+
+    if is_local(uri):
+        return filesystem(uri)[1]
+    root = cache_root or os.path.join(
+        os.environ.get("QEVAL_RAY_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "qeval-ray"), "models")
+    target = os.path.join(root, hashlib.sha256(f"{uri}:{fingerprint(uri, options)}".encode()).hexdigest()[:24])
+    done = os.path.join(target, ".qeval-complete")
+    os.makedirs(root, exist_ok=True)
+    with open(target + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.exists(done):
+            fs, path = filesystem(uri, options)
+            staging = target + f".part-{uuid.uuid4().hex[:8]}"
+            fs.get(path.rstrip("/") + "/", staging, recursive=True)
+            if os.path.exists(target):
+                import shutil
+
+                shutil.rmtree(target)
+            os.replace(staging, target)
+            open(done, "w").close()
+    return target

@@ -64,6 +64,8 @@ class ScoreConfig:
     enforce_eager: bool = False
     gpu_memory_utilization: float = 0.9
     max_num_batched_tokens: int | None = None
+    # report
+    report: bool = True  # write OUTPUT/report/ when the manifest carries labels
 
     @property
     def storage(self) -> StorageOptions:
@@ -158,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=int, default=16, help="items per scoring call")
     r.add_argument("--decode-batch-size", type=int, default=4, help="items per decode task")
     r.add_argument("--ray-address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local instance)")
+    p.add_argument("--no-report", dest="report", action="store_false",
+                   help="skip the correlation report (made when the manifest has quality_mos/alignment_mos)")
     return p
 
 

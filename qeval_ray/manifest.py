@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from qeval_ray import storage
-from qeval_ray.schema import MANIFEST_TYPES, REQUIRED_COLUMNS, conform
+from qeval_ray.schema import LABEL_COLUMNS, MANIFEST_TYPES, REQUIRED_COLUMNS, conform
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "json", ".json": "json", ".ndjson": "json", ".csv": "csv"}
 _GLOB_CHARS = "*?["
@@ -37,6 +37,10 @@ class Manifest:
     num_rows: int
     base_dir: str  # relative media uris are resolved against this
     storage: storage.StorageOptions = storage.DEFAULT
+
+    @property
+    def has_labels(self) -> bool:
+        return any(name in self.schema.names for name in LABEL_COLUMNS.values())
 
     def read(self, **read_args):
         """The manifest as a Ray dataset, every block in ``schema``."""

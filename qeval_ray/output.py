@@ -38,6 +38,7 @@ class OutputLayout:
         self.storage = options
         self.scores = storage.join(self.uri, "scores")
         self.summary = storage.join(self.uri, "summary.json")
+        self.report = storage.join(self.uri, "report")
 
     def begin(self) -> None:
         """Before a run writes anything: stop now if the output is unwritable, and withdraw the
@@ -84,6 +85,7 @@ class RunSummary:
     items_per_s: float
     provenance: dict[str, str]
     options: dict = field(default_factory=dict)
+    report: str | None = None  # the report's Markdown, when the manifest carried labels
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -102,6 +104,8 @@ class RunSummary:
                 lines.append(f"  {status}: {example}")
         lines.append(f"  scores:  {self.output}/scores/")
         lines.append(f"  summary: {self.output}/summary.json")
+        lines.append(f"  report:  {self.report}" if self.report
+                     else "  report:  none (the manifest has no quality_mos / alignment_mos labels)")
         return "\n".join(lines)
 
 

@@ -1,4 +1,4 @@
-"""The whole job on one screen: read -> decode -> score -> write -> summarise.
+"""The whole job on one screen: read -> decode -> score -> write -> summarise -> report.
 
 Each stage lives in the module named after it; this file only wires them into one Ray Data flow.
 """
@@ -16,6 +16,7 @@ from qeval_ray.manifest import open_manifest
 from qeval_ray.media import ImageOptions, VideoOptions
 from qeval_ray.output import OutputLayout, RunSummary, summarize, write_scores
 from qeval_ray.provenance import engine_config, make_provenance
+from qeval_ray.report import ReportOptions, make_report
 from qeval_ray.schema import decoded_schema, output_schema
 from qeval_ray.scoring import ScoreStage, ScoringOptions
 
@@ -59,7 +60,11 @@ def run(config: ScoreConfig) -> RunSummary:
         num_cpus=config.num_cpus_per_actor, num_gpus=gpus,
     )
     write_scores(ds, layout)
-    return summarize(layout, manifest, config, provenance, started)
+    summary = summarize(layout, manifest, config, provenance, started)
+    if config.report and manifest.has_labels:
+        make_report(layout.uri, layout.report, ReportOptions(), config.storage, provenance.as_dict())
+        summary.report = f"{layout.report}/report.md"
+    return summary
 
 
 def _init_ray(config: ScoreConfig) -> None:

@@ -109,8 +109,11 @@ def mixed_corpus(tmp_path_factory) -> Path:
         # Longer than the vLLM runs' --max-model-len: the engine itself fails on this one item.
         {"id": "too-long", "uri": "media/good_3.png", "prompt": " ".join(["lighthouse"] * 3000), "model": "gen-0"},
     ]
-    for row in rows:
+    rng = np.random.default_rng(0)
+    for k, row in enumerate(rows):
         row.setdefault("media_type", None)
+        row["quality_mos"] = None if k % 7 == 3 else round(float(rng.uniform(1, 5)), 2)  # labels, some missing
+        row["alignment_mos"] = round(float(rng.uniform(1, 5)), 2)
     return write_manifest(root / "manifest.parquet", rows)
 
 

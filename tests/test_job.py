@@ -113,6 +113,19 @@ def test_summary(vllm_run):
     assert "scores:" in proc.stdout
 
 
+def test_the_job_writes_a_report_when_the_manifest_has_labels(vllm_run):
+    out, proc = vllm_run
+    report = json.loads((out / "report" / "report.json").read_text())
+    scores = read_scores(out)
+    ok = [r for r in scores.to_pylist() if r["status"] == "ok"]
+    assert report["rows"]["total"] == scores.num_rows
+    assert report["excluded"]["alignment"]["used"] == len(ok)
+    assert report["excluded"]["quality"]["used"] == sum(r["quality_mos"] is not None for r in ok)
+    assert report["source"]["provenance"]["engine"] == "vllm"
+    assert (out / "report" / "report.md").read_text().startswith("# qeval-ray correlation report")
+    assert f"report:  {out}/report/report.md" in proc.stdout
+
+
 def test_vllm_and_hf_agree_through_the_whole_job(vllm_run, hf_run):
     v = {r["id"]: r for r in read_scores(vllm_run[0]).to_pylist()}
     h = {r["id"]: r for r in read_scores(hf_run[0]).to_pylist()}

@@ -1,0 +1,382 @@
+"""Correlation reports: how well the scores agree with human MOS, for people and machines.
+
+From a score directory (and optionally a labels file joined on ``id``) this writes::
+
+    REPORT/report.json   every figure, with sample counts, intervals, options and provenance
+    REPORT/report.md     the headline table (the Q-Eval-100K paper's layout), then the details
+    REPORT/*.png         score vs MOS scatter per aspect and media (with the fitted curve), and a
+                         generator leaderboard per aspect
+
+Figures, as the paper reports them: instance level (every item) and model level (per-generator
+means, correlated across generators); per media type and pooled; all prompts and the long-prompt
+subset (more than 25 words). Rows whose status is not ``ok`` or that lack a score or a label are
+excluded and counted. Only the needed columns are read; prompts become a long/short flag as they
+stream past, so a report over millions of rows holds a few numeric arrays.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from qeval_ray import storage
+from qeval_ray.metrics import MIN_PAIRS, MetricOptions, agreement, correlation
+from qeval_ray.prompts import ASPECTS, MEDIA_TYPES
+from qeval_ray.schema import LABEL_COLUMNS, Status
+
+LEVELS = ("instance", "model")
+SUBSETS = ("all", "long_prompt")
+_PLOT_POINTS = 20_000  # scatter plots show at most this many points (a seeded sample)
+
+
+class ReportError(ValueError):
+    """No report can be made; the message says why (e.g. no labels)."""
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    group_by: str = "model"  # the generator column for model-level figures
+    long_prompt_words: int = 25
+    labels: str | None = None  # a file of id + label columns, joined where scores lack them
+    metrics: MetricOptions = field(default_factory=MetricOptions)
+    plots: bool = True
+
+
+@dataclass
+class Categorical:
+    """A string column as small integer codes (-1 for null): a million rows cost 4 MB, not 60."""
+
+    codes: np.ndarray
+    categories: list[str]
+
+    @classmethod
+    def of(cls, column: pa.ChunkedArray) -> "Categorical":
+        encoded = pc.dictionary_encode(column.cast(pa.string())).combine_chunks()
+        return cls(encoded.indices.fill_null(-1).to_numpy().astype(np.int32), encoded.dictionary.to_pylist())
+
+    def eq(self, value: str) -> np.ndarray:
+        return self.codes == self.categories.index(value) if value in self.categories else np.zeros_like(self.codes, bool)
+
+
+@dataclass
+class ReportData:
+    """The columns a report needs, as numpy arrays (one entry per score row)."""
+
+    status: Categorical
+    media_type: Categorical
+    group: Categorical | None
+    long_prompt: np.ndarray
+    scores: dict[str, np.ndarray]  # aspect -> float (NaN where missing)
+    labels: dict[str, np.ndarray]  # aspect -> float (NaN where missing)
+
+    @property
+    def rows(self) -> int:
+        return len(self.long_prompt)
+
+
+# --- loading --------------------------------------------------------------------------------
+
+
+def _scores_dir(uri: str, options: storage.StorageOptions) -> str:
+    """Accept the job's output directory (with scores/) or the scores directory itself."""
+    fs, path = storage.filesystem(uri, options)
+    return storage.join(uri, "scores") if fs.exists(storage.join(path, "scores")) else uri
+
+
+def _dataset(uri: str, options: storage.StorageOptions):
+    import pyarrow.dataset as pads
+
+    fs, path = storage.arrow_filesystem(uri, options)
+    fmt = {"csv": "csv", "jsonl": "json", "json": "json"}.get(uri.rsplit(".", 1)[-1].lower(), "parquet")
+    return pads.dataset(path, filesystem=fs, format=fmt)
+
+
+def load(scores_uri: str, options: ReportOptions, storage_options: storage.StorageOptions) -> ReportData:
+    dataset = _dataset(_scores_dir(scores_uri, storage_options), storage_options)
+    names = set(dataset.schema.names)
+    labels_table = None
+    if options.labels:
+        labels_table = _dataset(options.labels, storage_options).to_table()
+        if "id" not in labels_table.column_names:
+            raise ReportError(f"--labels {options.labels}: no 'id' column to join on")
+        labels_table = labels_table.select(["id"] + [c for c in LABEL_COLUMNS.values() if c in labels_table.column_names])
+        labels_table = labels_table.set_column(0, "id", labels_table.column("id").cast(pa.string()))
+    wanted = ["status", "media_type", "prompt", *ASPECTS, *LABEL_COLUMNS.values(), options.group_by]
+    columns = [c for c in dict.fromkeys(wanted) if c in names] + (["id"] if labels_table is not None else [])
+    parts = []
+    # Little readahead: the prompt column is the bulk of what is read, and is dropped batch by batch.
+    for batch in dataset.to_batches(columns=columns, batch_size=65_536, batch_readahead=2, fragment_readahead=1):
+        table = pa.Table.from_batches([batch])
+        words = pc.list_value_length(pc.utf8_split_whitespace(table.column("prompt").fill_null("")))
+        table = table.drop_columns(["prompt"]).append_column("long_prompt", pc.greater(words, options.long_prompt_words))
+        parts.append(table)
+    table = pa.concat_tables(parts) if parts else dataset.schema.empty_table()
+    if labels_table is not None:
+        table = _join_labels(table, labels_table)
+
+    def floats(name):
+        if name not in table.column_names:
+            return np.full(table.num_rows, np.nan)
+        return table.column(name).cast(pa.float64()).to_numpy(zero_copy_only=False).astype(float)
+
+    def strings(name):
+        return Categorical.of(table.column(name)) if name in table.column_names else None
+
+    return ReportData(
+        status=strings("status"),
+        media_type=strings("media_type"),
+        group=strings(options.group_by),
+        long_prompt=table.column("long_prompt").to_numpy(zero_copy_only=False).astype(bool),
+        scores={a: floats(a) for a in ASPECTS},
+        labels={a: floats(col) for a, col in LABEL_COLUMNS.items()},
+    )
+
+
+def _join_labels(table: pa.Table, labels: pa.Table) -> pa.Table:
+    """Labels from the file fill in where the scores have none (a score row's own label wins)."""
+    renamed = labels.rename_columns(["id"] + [f"{c}__file" for c in labels.column_names[1:]])
+    joined = table.join(renamed, "id", join_type="left outer")
+    for name in labels.column_names[1:]:
+        incoming = joined.column(f"{name}__file").cast(pa.float64())
+        merged = pc.coalesce(joined.column(name).cast(pa.float64()), incoming) if name in joined.column_names else incoming
+        joined = joined.drop_columns([f"{name}__file"] + ([name] if name in joined.column_names else []))
+        joined = joined.append_column(name, merged)
+    return joined.drop_columns(["id"])
+
+
+# --- figures --------------------------------------------------------------------------------
+
+
+def has_labels(data: ReportData) -> bool:
+    return any(np.isfinite(v).any() for v in data.labels.values())
+
+
+def build(data: ReportData, options: ReportOptions, source: dict | None = None) -> dict:
+    if not has_labels(data):
+        raise ReportError("no labels: neither quality_mos nor alignment_mos has a value, in the scores "
+                          "or in --labels; nothing to report")
+    ok = data.status.eq(Status.OK)
+    report = {"source": source or {}, "options": _options_dict(options), "rows": {"total": data.rows},
+              "excluded": {}, "figures": [], "generators": {}}
+    medias = [m for m in MEDIA_TYPES if data.media_type.eq(m).any()]
+    for aspect in ASPECTS:
+        label, score = data.labels[aspect], data.scores[aspect]
+        if not np.isfinite(label).any():
+            report["excluded"][aspect] = {"reason": f"no {LABEL_COLUMNS[aspect]} labels"}
+            continue
+        has_score, has_label = np.isfinite(score), np.isfinite(label)
+        usable = ok & has_score & has_label
+        report["excluded"][aspect] = {
+            "used": int(usable.sum()),
+            "status_not_ok": int((~ok).sum()),
+            "no_score": int((ok & ~has_score).sum()),
+            "no_label": int((ok & has_score & ~has_label).sum()),
+        }
+        for media in medias + ["all"]:
+            in_media = usable if media == "all" else usable & data.media_type.eq(media)
+            for subset in SUBSETS:
+                rows = in_media & data.long_prompt if subset == "long_prompt" else in_media
+                for level in LEVELS:
+                    report["figures"].append(_figure(data, aspect, media, subset, level, rows, options))
+        if data.group is not None:
+            report["generators"][aspect] = _leaderboard(data, aspect, usable, options)
+    return report
+
+
+def _figure(data, aspect, media, subset, level, rows, options) -> dict:
+    key = {"aspect": aspect, "media": media, "subset": subset, "level": level}
+    x, y = data.scores[aspect][rows], data.labels[aspect][rows]
+    if level == "model":
+        if data.group is None:
+            return {**key, "n": 0, "reason": f"no {options.group_by!r} column: model level needs the generator"}
+        groups = data.group.codes[rows]
+        known = groups >= 0
+        figure = agreement(x[known], y[known], options.metrics, groups=groups[known])
+        out = {**key, **asdict(figure), "items": int(known.sum())}
+    else:
+        out = {**key, **asdict(agreement(x, y, options.metrics))}
+    return out
+
+
+def _leaderboard(data, aspect, usable, options) -> list[dict]:
+    known = usable & (data.group.codes >= 0)
+    groups = data.group.codes[known]
+    x, y = data.scores[aspect][known], data.labels[aspect][known]
+    board = []
+    for code in np.unique(groups):
+        sel = groups == code
+        gx, gy = x[sel], y[sel]
+        enough = len(gx) >= MIN_PAIRS and np.ptp(gx) > 0 and np.ptp(gy) > 0
+        board.append({"model": data.group.categories[code], "n": int(sel.sum()), "mean_score": float(gx.mean()),
+                      "mean_mos": float(gy.mean()),
+                      "srcc": correlation("srcc", gx, gy) if enough else None,
+                      "plcc": correlation("plcc", gx, gy) if enough else None})
+    for key, rank in (("mean_score", "rank_score"), ("mean_mos", "rank_mos")):
+        for position, row in enumerate(sorted(board, key=lambda r: -r[key]), start=1):
+            row[rank] = position
+    return sorted(board, key=lambda r: r["rank_score"])
+
+
+def _options_dict(options: ReportOptions) -> dict:
+    return {"group_by": options.group_by, "long_prompt_words": options.long_prompt_words,
+            "labels": storage.redact(options.labels) if options.labels else None, **asdict(options.metrics)}
+
+
+# --- rendering ------------------------------------------------------------------------------
+
+
+def _num(value, digits=3) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _with_ci(figure: dict, name: str) -> str:
+    ci = figure.get("ci", {}).get(name)
+    text = _num(figure.get(name))
+    return f"{text} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and figure.get(name) is not None else text
+
+
+def _find(report, **key) -> dict | None:
+    return next((f for f in report["figures"] if all(f[k] == v for k, v in key.items())), None)
+
+
+def markdown(report: dict) -> str:
+    lines = ["# qeval-ray correlation report", ""]
+    source = report.get("source", {})
+    if source:
+        lines += [f"Scores: `{source.get('scores', '')}`  ", "Scorer: " + ", ".join(
+            f"{k} `{v}`" for k, v in source.get("provenance", {}).items()), ""]
+    lines += ["## Headline", "",
+              "SRCC and PLCC against MOS, all prompts. PLCC after the 4-parameter logistic mapping "
+              "(raw PLCC in the details). Model level: per-generator means, correlated across generators.", "",
+              "| aspect | media | instance SRCC | instance PLCC | model SRCC | model PLCC |",
+              "|---|---|---|---|---|---|"]
+    notes = []
+    for aspect in ASPECTS:
+        for media in (*MEDIA_TYPES, "all"):
+            cells = []
+            for level in LEVELS:
+                f = _find(report, aspect=aspect, media=media, subset="all", level=level)
+                if f is None:
+                    cells += ["", ""]
+                    continue
+                if f.get("reason"):
+                    notes.append(f"{aspect} · {media} · {level}: {f['reason']}")
+                plcc = f.get("plcc_fitted") if f.get("plcc_fitted") is not None else f.get("plcc")
+                cells += [_num(f.get("srcc")), _num(plcc)]
+            if any(cells):
+                lines.append(f"| {aspect} | {media} | " + " | ".join(c or "" for c in cells) + " |")
+    if notes:
+        lines += ["", "No figure where a group is too small or constant:", ""] + [f"- {n}" for n in notes]
+    lines += ["", "## Details", "",
+              "| aspect | media | prompts | level | n | SRCC | KRCC | PLCC | PLCC (fitted) | RMSE (fitted) | note |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    no_long = {f["aspect"] for f in report["figures"] if f["subset"] == "long_prompt" and f["level"] == "instance"
+               and f["media"] == "all" and f["n"] == 0}
+    for f in report["figures"]:
+        if f["subset"] == "long_prompt" and f["aspect"] in no_long:
+            continue  # said once below instead of a row of dashes per group
+        note = f.get("reason") or ((f.get("logistic") or {}).get("failed") or "")
+        lines.append(f"| {f['aspect']} | {f['media']} | {f['subset'].replace('_', ' ')} | {f['level']} | {f['n']} | "
+                     f"{_with_ci(f, 'srcc')} | {_with_ci(f, 'krcc')} | {_with_ci(f, 'plcc')} | "
+                     f"{_num(f.get('plcc_fitted'))} | {_num(f.get('rmse_fitted'))} | {note} |")
+    if no_long:
+        lines += ["", f"No prompt has more than {report['options']['long_prompt_words']} words: "
+                  "the long-prompt subset is empty."]
+    methods = sorted({f["ci_method"] for f in report["figures"] if f.get("ci_method")})
+    if methods:
+        lines += ["", "95% intervals in brackets. " + " ".join(f"{m}." for m in methods)]
+    for aspect, board in report["generators"].items():
+        lines += ["", f"## Generators by {aspect}", "",
+                  "| rank (score) | generator | n | mean score | mean MOS | rank (MOS) | SRCC within |",
+                  "|---|---|---|---|---|---|---|"]
+        for row in board:
+            lines.append(f"| {row['rank_score']} | {row['model']} | {row['n']} | {row['mean_score']:.3f} | "
+                         f"{row['mean_mos']:.3f} | {row['rank_mos']} | {_num(row['srcc'])} |")
+    lines += ["", "## Rows", "", f"{report['rows']['total']} score rows."]
+    for aspect, excluded in report["excluded"].items():
+        if "reason" in excluded:
+            lines.append(f"- {aspect}: not reported ({excluded['reason']}).")
+        else:
+            lines.append(f"- {aspect}: {excluded['used']} used; excluded: {excluded['status_not_ok']} not ok, "
+                         f"{excluded['no_score']} without a score, {excluded['no_label']} without a label.")
+    if report.get("plots"):
+        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in report["plots"]]
+    return "\n".join(lines) + "\n"
+
+
+def plots(data: ReportData, report: dict, options: ReportOptions) -> dict[str, bytes]:
+    """PNG files by name: scatter with fitted curve per aspect and media, leaderboard per aspect."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from qeval_ray.metrics import logistic4
+
+    images = {}
+    rng = np.random.default_rng(options.metrics.seed)
+    ok = data.status.eq(Status.OK)
+    for aspect in ASPECTS:
+        for media in MEDIA_TYPES:
+            f = _find(report, aspect=aspect, media=media, subset="all", level="instance")
+            if f is None or f.get("reason"):
+                continue
+            rows = np.flatnonzero(ok & data.media_type.eq(media) & np.isfinite(data.scores[aspect])
+                                  & np.isfinite(data.labels[aspect]))
+            shown = rng.choice(rows, _PLOT_POINTS, replace=False) if len(rows) > _PLOT_POINTS else rows
+            x, y = data.scores[aspect][shown], data.labels[aspect][shown]
+            fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
+            ax.scatter(x, y, s=6, alpha=0.5)
+            if f.get("logistic") and "beta1" in f["logistic"]:
+                grid = np.linspace(np.min(x), np.max(x), 200)
+                ax.plot(grid, logistic4(grid, *(f["logistic"][k] for k in ("beta1", "beta2", "beta3", "beta4"))),
+                        color="C3", label="4-parameter logistic fit")
+                ax.legend(loc="lower right")
+            sample = f" ({len(shown)} of {len(rows)} shown)" if len(shown) < len(rows) else ""
+            ax.set(xlabel=f"{aspect} score", ylabel=f"{aspect} MOS",
+                   title=f"{aspect} · {media}: SRCC {_num(f['srcc'])}, PLCC {_num(f['plcc'])}{sample}")
+            images[f"scatter_{aspect}_{media}.png"] = _png(fig, plt)
+    for aspect, board in report["generators"].items():
+        if len(board) < 2:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
+        ax.scatter([r["mean_score"] for r in board], [r["mean_mos"] for r in board])
+        for r in board:
+            ax.annotate(f"{r['model']} (#{r['rank_score']}/#{r['rank_mos']})", (r["mean_score"], r["mean_mos"]),
+                        fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set(xlabel=f"mean {aspect} score", ylabel=f"mean {aspect} MOS",
+               title=f"generators by {aspect} (#rank by score/#rank by MOS)")
+        images[f"leaderboard_{aspect}.png"] = _png(fig, plt)
+    return images
+
+
+def _png(fig, plt) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+# --- entry point ----------------------------------------------------------------------------
+
+
+def make_report(scores_uri: str, report_uri: str, options: ReportOptions = ReportOptions(),
+                storage_options: storage.StorageOptions = storage.DEFAULT, provenance: dict | None = None) -> dict:
+    """Read the scores, compute every figure, write report.json, report.md and the plots."""
+    data = load(scores_uri, options, storage_options)
+    report = build(data, options, {"scores": storage.redact(scores_uri), "provenance": provenance or {}})
+    images = plots(data, report, options) if options.plots else {}
+    report["plots"] = sorted(images)
+    fs, root = storage.filesystem(report_uri, storage_options)
+    fs.makedirs(root, exist_ok=True)
+    for name, content in images.items():
+        fs.pipe_file(storage.join(root, name), content)
+    fs.pipe_file(storage.join(root, "report.json"), json.dumps(report, indent=2, allow_nan=False).encode())
+    fs.pipe_file(storage.join(root, "report.md"), markdown(report).encode())
+    return report

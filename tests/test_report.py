@@ -1,0 +1,232 @@
+"""Correlation reports: figures equal scipy's, the fit recovers a known curve, edge cases say why."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from scipy import stats
+
+from conftest import REPO
+from qeval_ray.metrics import MetricOptions, agreement, fit_logistic, logistic4
+from qeval_ray.report import ReportError, ReportOptions, build, load, make_report
+
+FAST = MetricOptions(bootstrap=200, seed=1)
+
+
+def scores_table(n=60, seed=0, generators=("g1", "g2", "g3", "g4"), media=("image", "video"), **overrides):
+    rng = np.random.default_rng(seed)
+    q = rng.uniform(0, 1, n)
+    a = rng.uniform(0, 1, n)
+    cols = {
+        "id": [f"r{i}" for i in range(n)],
+        "status": ["ok"] * n,
+        "media_type": [media[i % len(media)] for i in range(n)],
+        "model": [generators[i % len(generators)] for i in range(n)],
+        "prompt": [("word " * (30 if i % 5 == 0 else 5)).strip() for i in range(n)],
+        "quality": q, "alignment": a,
+        "quality_mos": 1 + 4 * q + rng.normal(0, 0.4, n),
+        "alignment_mos": 1 + 4 * a + rng.normal(0, 0.4, n),
+        "blob": [b"x" * 10] * n,
+    }
+    cols.update(overrides)
+    return pa.table(cols)
+
+
+def write_scores(tmp_path, table, name="out"):
+    (tmp_path / name / "scores").mkdir(parents=True)
+    pq.write_table(table, tmp_path / name / "scores" / "part-0.parquet")
+    return tmp_path / name
+
+
+def test_correlations_equal_scipy():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=200)
+    y = 0.6 * x + rng.normal(size=200)
+    f = agreement(x, y, FAST)
+    assert f.srcc == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
+    assert f.krcc == pytest.approx(stats.kendalltau(x, y).statistic, abs=1e-12)
+    assert f.plcc == pytest.approx(stats.pearsonr(x, y).statistic, abs=1e-12)
+    for name in ("srcc", "krcc", "plcc"):
+        lo, hi = f.ci[name]
+        assert lo < getattr(f, name) < hi
+    assert f.ci_method.startswith("bootstrap percentile, 200 resamples")
+    assert agreement(x, y, FAST).ci == f.ci  # seeded: the same intervals twice
+
+
+def test_logistic_fit_recovers_a_known_curve():
+    rng = np.random.default_rng(0)
+    truth = (4.8, 1.2, 0.55, 0.08)
+    x = rng.uniform(0, 1, 2000)
+    y = logistic4(x, *truth) + rng.normal(0, 0.05, x.size)
+    params, failure = fit_logistic(x, y)
+    assert failure is None
+    b1, b2, b3, b4 = params
+    assert (b1, b2, b3, abs(b4)) == pytest.approx(truth, rel=0.03)
+    f = agreement(x, y, MetricOptions(bootstrap=0))
+    assert f.plcc_fitted > f.plcc  # the mapping straightens the S-curve
+    assert f.rmse_fitted == pytest.approx(0.05, rel=0.1)
+
+
+def test_a_fit_that_fails_is_reported_not_replaced():
+    x = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    y = np.array([1.0, 5.0, 1.0, 5.0, 1.0, 5.0])
+    f = agreement(x, y, MetricOptions(bootstrap=0))
+    if f.logistic.get("failed"):
+        assert f.plcc_fitted is None and f.rmse_fitted is None
+    assert f.plcc == pytest.approx(stats.pearsonr(x, y).statistic)
+    small = agreement([0.1, 0.2, 0.3, 0.4], [1, 2, 3, 5], MetricOptions(bootstrap=0))
+    assert "at least 5" in small.logistic["failed"] and small.plcc_fitted is None
+
+
+def test_large_groups_use_fisher_intervals():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=5000)
+    f = agreement(x, x + rng.normal(size=5000), MetricOptions(bootstrap=100, bootstrap_max_n=1000))
+    assert f.ci_method.startswith("Fisher z")
+    z, se = np.arctanh(f.plcc), 1 / np.sqrt(5000 - 3)
+    assert f.ci["plcc"] == pytest.approx([np.tanh(z - 1.959964 * se), np.tanh(z + 1.959964 * se)], rel=1e-5)
+
+
+def test_model_level_by_hand(tmp_path):
+    # Three generators; their mean scores 0.2, 0.6, 0.85 and mean MOS 1.5, 3.0, 4.5.
+    table = pa.table({
+        "id": list("abcdef"), "status": ["ok"] * 6, "media_type": ["image"] * 6,
+        "model": ["A", "A", "B", "B", "C", "C"], "prompt": ["p"] * 6,
+        "quality": [0.1, 0.3, 0.5, 0.7, 0.8, 0.9], "quality_mos": [1.0, 2.0, 3.0, 3.0, 4.0, 5.0],
+    })
+    report = build(load(str(write_scores(tmp_path, table)), ReportOptions(), _storage()), ReportOptions(metrics=FAST))
+    fig = next(f for f in report["figures"] if f["level"] == "model" and f["media"] == "image" and f["subset"] == "all")
+    mx, my = np.array([0.2, 0.6, 0.85]), np.array([1.5, 3.0, 4.5])
+    by_hand = ((mx - mx.mean()) * (my - my.mean())).sum() / np.sqrt(((mx - mx.mean()) ** 2).sum() * ((my - my.mean()) ** 2).sum())
+    assert fig["n"] == 3 and fig["items"] == 6
+    assert fig["srcc"] == 1.0 and fig["krcc"] == 1.0 and fig["plcc"] == pytest.approx(by_hand)
+    assert "within each group" in fig["ci_method"]
+    board = report["generators"]["quality"]
+    assert [(r["model"], r["rank_score"], r["rank_mos"]) for r in board] == [("C", 1, 1), ("B", 2, 2), ("A", 3, 3)]
+    assert board[0]["mean_score"] == pytest.approx(0.85) and board[0]["mean_mos"] == pytest.approx(4.5)
+
+
+def test_exclusions_are_counted(tmp_path):
+    t = scores_table(40)
+    status = ["ok"] * 40
+    status[0] = status[1] = "decode_error"
+    q = t.column("quality").to_pylist()
+    q[2] = None
+    mos = t.column("quality_mos").to_pylist()
+    mos[3] = mos[4] = mos[5] = None
+    t = t.set_column(1, "status", pa.array(status))
+    t = t.set_column(t.column_names.index("quality"), "quality", pa.array(q))
+    t = t.set_column(t.column_names.index("quality_mos"), "quality_mos", pa.array(mos))
+    report = build(load(str(write_scores(tmp_path, t)), ReportOptions(), _storage()), ReportOptions(metrics=FAST))
+    assert report["excluded"]["quality"] == {"used": 34, "status_not_ok": 2, "no_score": 1, "no_label": 3}
+    pooled = next(f for f in report["figures"] if f["aspect"] == "quality" and f["media"] == "all"
+                  and f["level"] == "instance" and f["subset"] == "all")
+    assert pooled["n"] == 34
+
+
+def test_edge_cases(tmp_path):
+    # Constant scores: no figure, a reason; never NaN.
+    t = scores_table(30, quality=np.full(30, 0.5))
+    r = build(load(str(write_scores(tmp_path, t, "const")), ReportOptions(), _storage()), ReportOptions(metrics=FAST))
+    f = next(f for f in r["figures"] if f["aspect"] == "quality" and f["level"] == "instance" and f["media"] == "all"
+             and f["subset"] == "all")
+    assert f["srcc"] is None and "constant scores" in f["reason"]
+    json.dumps(r, allow_nan=False)
+    # A single generator: instance figures, and a reason at model level.
+    t = scores_table(30, generators=("only",))
+    r = build(load(str(write_scores(tmp_path, t, "one")), ReportOptions(), _storage()), ReportOptions(metrics=FAST))
+    model = next(f for f in r["figures"] if f["level"] == "model" and f["media"] == "all" and f["subset"] == "all")
+    assert model["srcc"] is None and "1 groups" in model["reason"]
+    # Labels for one aspect only; images only.
+    t = scores_table(30, media=("image",), alignment_mos=[None] * 30)
+    r = build(load(str(write_scores(tmp_path, t, "images")), ReportOptions(), _storage()), ReportOptions(metrics=FAST))
+    assert r["excluded"]["alignment"] == {"reason": "no alignment_mos labels"}
+    assert {f["aspect"] for f in r["figures"]} == {"quality"}
+    assert {f["media"] for f in r["figures"]} == {"image", "all"}
+    # No labels at all: no report.
+    t = scores_table(10).drop_columns(["quality_mos", "alignment_mos"])
+    with pytest.raises(ReportError, match="no labels"):
+        build(load(str(write_scores(tmp_path, t, "nolabels")), ReportOptions(), _storage()), ReportOptions())
+
+
+def test_long_prompt_subset(tmp_path):
+    r = build(load(str(write_scores(tmp_path, scores_table(60))), ReportOptions(), _storage()), ReportOptions(metrics=FAST))
+    long_ = next(f for f in r["figures"] if f["subset"] == "long_prompt" and f["media"] == "all"
+                 and f["level"] == "instance" and f["aspect"] == "quality")
+    assert long_["n"] == 12  # every fifth prompt has 30 words
+
+
+def test_report_job_with_a_labels_file(tmp_path):
+    table = scores_table(40)
+    labels = table.select(["id", "quality_mos", "alignment_mos"])
+    out = write_scores(tmp_path, table.drop_columns(["quality_mos", "alignment_mos"]))
+    (out / "summary.json").write_text(json.dumps({"provenance": {"engine": "vllm"}}))
+    pq.write_table(labels.slice(0, 30), tmp_path / "labels.parquet")  # 10 rows without a label
+    proc = subprocess.run([sys.executable, "jobs/report.py", "--scores", out, "--labels", tmp_path / "labels.parquet",
+                           "--output", tmp_path / "rep", "--bootstrap", "100"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert report["excluded"]["quality"]["used"] == 30 and report["excluded"]["quality"]["no_label"] == 10
+    assert report["source"]["provenance"] == {"engine": "vllm"}
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| aspect | media | instance SRCC | instance PLCC | model SRCC | model PLCC |" in md
+    assert "## Generators by quality" in md
+    for png in ("scatter_quality_image.png", "scatter_alignment_video.png", "leaderboard_quality.png"):
+        assert (tmp_path / "rep" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_job_refuses_what_it_cannot_report(tmp_path):
+    out = write_scores(tmp_path, scores_table(10).drop_columns(["quality_mos", "alignment_mos"]))
+    (out / "summary.json").write_text("{}")
+    proc = subprocess.run([sys.executable, "jobs/report.py", "--scores", out, "--output", tmp_path / "rep"],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 2 and "no labels" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    unfinished = write_scores(tmp_path, scores_table(10), "unfinished")
+    proc = subprocess.run([sys.executable, "jobs/report.py", "--scores", unfinished, "--output", tmp_path / "r2"],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 2 and "did not finish" in proc.stderr
+
+
+PROJECTION_PROBE = """
+import sys, pyarrow as pa
+from qeval_ray.report import ReportOptions, load
+from qeval_ray.storage import StorageOptions
+pool = pa.default_memory_pool()
+data = load(sys.argv[1], ReportOptions(), StorageOptions())
+print(data.rows, pool.max_memory())
+"""
+
+
+def test_reads_only_the_columns_it_needs(tmp_path):
+    n = 2000
+    table = scores_table(n, blob=[b"\\0" * 50_000] * n)  # 100 MB of a column a report never needs
+    pq.write_table(table, write_scores(tmp_path, table.slice(0, 0)) / "scores" / "part-1.parquet",
+                   compression="none")
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-c", PROJECTION_PROBE, out], capture_output=True, text=True, cwd=REPO)
+    rows, peak = map(int, proc.stdout.split())
+    assert rows == n
+    assert peak < 10 * 2**20, peak  # the blob column was never read
+
+
+def _storage():
+    from qeval_ray.storage import StorageOptions
+
+    return StorageOptions()
+
+
+def test_batched_statistics_equal_scipy():
+    from qeval_ray.metrics import _batched, kendall_tau_b
+
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 6, size=(40, 25)).astype(float)  # many ties
+    y = x + rng.integers(0, 3, size=(40, 25))
+    assert np.allclose(kendall_tau_b(x, y), [stats.kendalltau(a, b).statistic for a, b in zip(x, y)], atol=1e-12)
+    assert np.allclose(_batched("srcc", 25)(x, y, axis=-1), [stats.spearmanr(a, b).statistic for a, b in zip(x, y)],
+                       atol=1e-12)
+    assert np.allclose(_batched("plcc", 25)(x, y, axis=-1), [stats.pearsonr(a, b).statistic for a, b in zip(x, y)],
+                       atol=1e-12)

@@ -9,7 +9,7 @@ import sys
 
 from qeval_ray.config import ConfigError, parse_score_args
 from qeval_ray.manifest import ManifestError
-from qeval_ray.output import OutputError
+from qeval_ray.output import OutputError, RunMismatch
 
 EXIT_USAGE = 2  # argparse's own code for bad options
 
@@ -21,7 +21,7 @@ def score_main(argv: list[str] | None = None) -> int:
         from qeval_ray.pipeline import run  # Ray and the engines load only for a valid run
 
         summary = run(config)
-    except (ConfigError, ManifestError, OutputError) as e:
+    except (ConfigError, ManifestError, OutputError, RunMismatch) as e:
         print(f"qeval-ray: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     print(summary.format())

@@ -66,6 +66,10 @@ class ScoreConfig:
     max_num_batched_tokens: int | None = None
     # report
     report: bool = True  # write OUTPUT/report/ when the manifest carries labels
+    # runs
+    start_over: bool = False  # replace what the output holds instead of resuming it
+    rows_per_file: int = 2000  # rows per parquet file: also how much work a crash can lose
+    max_crashes: int = 3  # times one item may crash a scoring actor before it becomes an error row
 
     @property
     def storage(self) -> StorageOptions:
@@ -85,7 +89,8 @@ class ScoreConfig:
         if self.dtype not in DTYPES:
             problems.append(f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
         for name in ("min_pixels", "max_pixels", "max_image_pixels", "video_max_pixels", "max_bytes",
-                     "concurrency", "batch_size", "decode_batch_size", "fetch_attempts"):
+                     "concurrency", "batch_size", "decode_batch_size", "fetch_attempts", "rows_per_file",
+                     "max_crashes"):
             if getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} must be at least 1")
         if self.min_pixels > self.max_pixels:
@@ -160,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=int, default=16, help="items per scoring call")
     r.add_argument("--decode-batch-size", type=int, default=4, help="items per decode task")
     r.add_argument("--ray-address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local instance)")
+    p.add_argument("--start-over", action="store_true",
+                   help="replace what --output holds; by default a rerun resumes an unfinished run, "
+                        "and refuses an output made with other options or another manifest")
+    p.add_argument("--rows-per-file", type=int, default=2000,
+                   help="rows per score file; a killed run loses at most the unwritten files' work")
+    p.add_argument("--max-crashes", type=int, default=3,
+                   help="an item that crashes a scoring actor this many times becomes a score_error row")
     p.add_argument("--no-report", dest="report", action="store_false",
                    help="skip the correlation report (made when the manifest has quality_mos/alignment_mos)")
     return p

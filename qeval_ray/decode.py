@@ -62,9 +62,15 @@ def _check_row(row: dict) -> None:
 class DecodeStage(Stage):
     """Passed to ``map_batches`` as an instance, so Ray runs it as stateless CPU tasks."""
 
-    def __init__(self, options: DecodeOptions, schema: pa.Schema):
+    def __init__(self, options: DecodeOptions, schema: pa.Schema, manifest_schema: pa.Schema):
         self.options = options
         self.schema = schema  # the decoded batch schema (output columns + pixels)
+        self.manifest_schema = manifest_schema
+
+    def prepare(self, batch: pa.Table) -> pa.Table:
+        # Readers type each block on its own (a JSON block of integer ids, a null-only column):
+        # every block gets the manifest schema the driver validated.
+        return conform(batch, self.manifest_schema)
 
     def _decode(self, row: dict, values: dict) -> None:
         """Fill ``values`` with the row's decoded media; raise :class:`_RowFailed` on the way."""

@@ -37,13 +37,16 @@ class Manifest:
     num_rows: int
     base_dir: str  # relative media uris are resolved against this
     storage: storage.StorageOptions = storage.DEFAULT
+    ids_digest: str = ""  # order-independent hash of the ids: which rows the output must hold
 
     @property
     def has_labels(self) -> bool:
         return any(name in self.schema.names for name in LABEL_COLUMNS.values())
 
     def read(self, **read_args):
-        """The manifest as a Ray dataset, every block in ``schema``."""
+        """The manifest as a Ray dataset, straight from Ray Data's readers (nothing fused ahead of
+        the next stage, so the job can split it into small blocks). Blocks come as the files have
+        them; the decode stage conforms them to ``schema``."""
         import ray.data
 
         fs, _ = storage.arrow_filesystem(self.uri, self.storage)
@@ -54,11 +57,7 @@ class Manifest:
             ds = ray.data.read_csv(paths, filesystem=fs, convert_options=_csv_convert(self.schema), **read_args)
         else:
             ds = ray.data.read_json(paths, filesystem=fs, **read_args)
-        schema = self.schema
-        return ds.map_batches(
-            lambda batch: conform(batch, schema), batch_format="pyarrow", batch_size=None,
-            udf_modifying_row_count=False,
-        )
+        return ds
 
 
 def _format_of(path: str) -> str | None:
@@ -128,6 +127,16 @@ def _batches(fmt: str, fs, paths: tuple[str, ...]) -> Iterator[pa.RecordBatch | 
                 yield pajson.read_json(f)
 
 
+def _ids_digest(ids: pa.ChunkedArray) -> str:
+    """An order-independent fingerprint of the ids: the sum of their 64-bit hashes (pandas')."""
+    from pandas.util import hash_array
+
+    total = 0
+    for chunk in ids.chunks:
+        total = (total + int(hash_array(chunk.to_numpy(zero_copy_only=False)).sum(dtype="uint64"))) % 2**64
+    return f"{len(ids)}:{total:016x}"
+
+
 def _check_ids(uri: str, ids: pa.ChunkedArray) -> None:
     nulls = ids.null_count
     if nulls:
@@ -191,5 +200,6 @@ def open_manifest(uri: str, options: storage.StorageOptions = storage.DEFAULT) -
         pa.field(f.name, MANIFEST_TYPES.get(f.name, pa.string() if pa.types.is_null(f.type) else f.type))
         for f in unified
     ])
-    _check_ids(uri, pa.chunked_array(id_chunks, type=pa.string()))
-    return Manifest(uri, fmt, paths, schema, num_rows, base_dir, options)
+    ids = pa.chunked_array(id_chunks, type=pa.string())
+    _check_ids(uri, ids)
+    return Manifest(uri, fmt, paths, schema, num_rows, base_dir, options, _ids_digest(ids))

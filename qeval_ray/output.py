@@ -4,10 +4,20 @@ Layout of an output directory::
 
     OUTPUT/scores/*.parquet   one row per manifest row (schema.output_schema)
     OUTPUT/summary.json       rows in/out, statuses, throughput, options, provenance
+    OUTPUT/report/            the correlation report, when the manifest carries labels
+    OUTPUT/_qeval_run.json    what the scores depend on: scoring options and the manifest's ids
+    OUTPUT/_checkpoint/       Ray Data's checkpoint: the ids whose rows are written
 
 ``summary.json`` is the completion marker: a run removes it when it starts and writes it only
 after checking the written scores, so scores without it are an unfinished run, never results.
 Each parquet file appears whole (see ``storage.arrow_filesystem(atomic_writes=True)``).
+
+Resume: a rerun of the same command into the same output continues where the last run stopped.
+Ray Data's checkpointing does the work (the read skips ids already checkpointed; each data file is
+committed with its checkpoint in two phases, and files of an interrupted commit are deleted before
+the rerun reads), because it is the library's own exactly-once mechanism for file sinks and needs
+nothing beyond an id column. ``_qeval_run.json`` guards it: a rerun whose scoring options or
+manifest differ is refused unless the user asks to start over.
 
 After writing, the summary reads back only the id/status/error/media_type columns and checks that
 the output holds every manifest id exactly once: rows in = rows out is verified, not assumed.
@@ -15,7 +25,10 @@ the output holds every manifest id exactly once: rows in = rows out is verified,
 
 from __future__ import annotations
 
+import contextlib
 import json
+import posixpath
+import resource
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -39,14 +52,81 @@ class OutputLayout:
         self.scores = storage.join(self.uri, "scores")
         self.summary = storage.join(self.uri, "summary.json")
         self.report = storage.join(self.uri, "report")
+        self.run_file = storage.join(self.uri, "_qeval_run.json")
+        self.checkpoint = storage.join(self.uri, "_checkpoint")
 
-    def begin(self) -> None:
-        """Before a run writes anything: stop now if the output is unwritable, and withdraw the
-        previous run's completion marker."""
-        self.check_writable()
+    def completed_by(self, requested: dict) -> bool:
+        """Whether a finished run of the same request already wrote this output (checked before
+        anything is started: a rerun over a finished output costs seconds)."""
+        previous = self._read_json(self.run_file)
+        if previous is None or previous.get("requested") != requested:
+            return False
         fs, path = storage.filesystem(self.summary, self.storage)
-        if fs.exists(path):
-            fs.rm(path)
+        return fs.exists(path)
+
+    def begin(self, fingerprint: dict, start_over: bool = False, requested: dict | None = None) -> str:
+        """Decide what this run does with what the output already holds, before any work.
+
+        Returns ``"fresh"``, ``"resume"`` (an unfinished run with the same fingerprint) or
+        ``"complete"`` (a finished one: nothing to do). Raises :class:`RunMismatch` when the output
+        holds scores made differently, unless ``start_over``, which deletes them first.
+        """
+        self.check_writable()
+        fs, _ = storage.filesystem(self.uri, self.storage)
+        previous = self._read_json(self.run_file)
+        has_scores = fs.exists(storage.filesystem(self.scores, self.storage)[1])
+        if start_over:
+            for uri in (self.scores, self.checkpoint, self.report, self.summary, self.run_file):
+                path = storage.filesystem(uri, self.storage)[1]
+                if fs.exists(path):
+                    fs.rm(path, recursive=True)
+            previous, has_scores = None, False
+        elif previous is not None and previous.get("fingerprint") != fingerprint:
+            raise RunMismatch(self.uri, previous.get("fingerprint", {}), fingerprint)
+        elif previous is None and has_scores:
+            raise RunMismatch(self.uri, {}, fingerprint)
+        if previous is not None and fs.exists(storage.filesystem(self.summary, self.storage)[1]):
+            return "complete"
+        with fs.open(storage.filesystem(self.run_file, self.storage)[1], "w") as f:
+            json.dump({"fingerprint": fingerprint, "requested": requested}, f, indent=2, sort_keys=True)
+        self._remove_partial_files()
+        return "resume" if previous is not None else "fresh"
+
+    def _read_json(self, uri: str) -> dict | None:
+        fs, path = storage.filesystem(uri, self.storage)
+        return json.loads(fs.cat_file(path)) if fs.exists(path) else None
+
+    def _remove_partial_files(self) -> None:
+        """Hidden temporaries of local writes a killed run left behind (no reader sees them)."""
+        fs, path = storage.filesystem(self.scores, self.storage)
+        if storage.is_local(self.uri) and fs.exists(path):
+            for name in fs.ls(path, detail=False):
+                if posixpath.basename(name).startswith(".") and name.endswith(".tmp"):
+                    fs.rm(name)
+
+    def score_files(self) -> dict[str, int]:
+        """Data files now in scores/, with their row counts (from the parquet footers)."""
+        import pyarrow.parquet as pq
+
+        fs, path = storage.filesystem(self.scores, self.storage)
+        if not fs.exists(path):
+            return {}
+        files = [p for p in fs.ls(path, detail=False) if p.endswith(".parquet")
+                 and not posixpath.basename(p).startswith((".", "_"))]
+        counts = {}
+        for name in files:
+            with fs.open(name, "rb") as f:
+                counts[name] = pq.ParquetFile(f).metadata.num_rows
+        return counts
+
+    def finish(self, summary: "RunSummary") -> None:
+        """Write the completion marker: the very last thing a run does."""
+        fs, path = storage.filesystem(self.summary, self.storage)
+        with fs.open(path, "w") as f:
+            f.write(summary.to_json())
+
+    def existing_summary(self) -> "RunSummary":
+        return RunSummary(**self._read_json(self.summary))
 
     def check_writable(self) -> None:
         """Write and delete a probe object, so a run that could never save its results stops now."""
@@ -62,12 +142,72 @@ class OutputLayout:
             raise OutputError(f"cannot write to the output {shown}: {type(e).__name__}: {e}") from e
 
 
-def write_scores(ds, layout: OutputLayout) -> None:
-    """Run the dataset into parquet; a rerun replaces the previous scores, never appends to them."""
+class RunMismatch(ValueError):
+    """The output holds scores this run must not mix with; the message says what differs."""
+
+    def __init__(self, uri: str, before: dict, now: dict):
+        shown = storage.redact(uri)
+        if not before:
+            message = f"{shown} already holds scores not written by a qeval-ray run"
+        else:
+            changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+            details = "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:6])
+            message = f"{shown} holds scores made differently ({details})"
+        super().__init__(f"{message}. Pass --start-over to replace them, or choose another --output.")
+
+
+@contextlib.contextmanager
+def checkpointing(layout: OutputLayout):
+    """Ray Data checkpointing on ``id`` for datasets created inside (they copy the context then)."""
+    import ray.data
+    from ray.data.checkpoint import CheckpointConfig
+
+    checkpoint_fs, checkpoint_path = storage.arrow_filesystem(layout.checkpoint, layout.storage)
+    context = ray.data.DataContext.get_current()
+    context.checkpoint_config = CheckpointConfig(
+        id_column="id", checkpoint_path=checkpoint_path, override_filesystem=checkpoint_fs,
+        # Kept after success: a rerun over a finished output must find every id already done.
+        delete_checkpoint_on_success=False,
+        checkpoint_filter_cls=StringIdCheckpointFilter,
+    )
+    # Filtering is a binary search per block: two actors are plenty, and each takes a CPU that
+    # decode tasks would otherwise lack on a small node (a resumed run could then never decode).
+    context.checkpoint_config.checkpoint_actor_pool_max_size = 2
+    try:
+        yield
+    finally:
+        context.checkpoint_config = None
+
+
+def _numpy_filter_base():
+    from ray.data.checkpoint.checkpoint_filter import NumpyArrayBasedCheckpointFilter
+
+    return NumpyArrayBasedCheckpointFilter
+
+
+class StringIdCheckpointFilter(_numpy_filter_base()):
+    """Ray Data's checkpoint filter, matching ids as strings.
+
+    The filter runs inside the read, on the manifest's own id column, which may hold integers
+    (parquet, JSON); the checkpoint holds the ids as written, which are strings. Without the cast
+    no id would match and a resume would score everything again.
+    """
+
+    def filter_rows_for_block(self, block):
+        import pyarrow as pa
+
+        ids = block[self.id_column]
+        if not pa.types.is_string(ids.type):
+            block = block.set_column(block.column_names.index(self.id_column), self.id_column, ids.cast(pa.string()))
+        return super().filter_rows_for_block(block)
+
+
+def write_scores(ds, layout: OutputLayout, rows_per_file: int) -> None:
+    """Run the dataset into parquet files of about ``rows_per_file`` rows, appended to scores/."""
     from ray.data import SaveMode
 
     fs, path = storage.arrow_filesystem(layout.scores, layout.storage, atomic_writes=True)
-    ds.write_parquet(path, filesystem=fs, mode=SaveMode.OVERWRITE)
+    ds.write_parquet(path, filesystem=fs, mode=SaveMode.APPEND, min_rows_per_file=rows_per_file)
 
 
 @dataclass
@@ -77,7 +217,9 @@ class RunSummary:
     rows_in: int
     rows_out: int
     ok: int
+    rows_this_run: int  # rows scored and written by this run (the rest by earlier, interrupted runs)
     fetch_retries: int
+    driver_peak_mb: float  # the driver process's peak memory: it holds no rows, so it stays flat
     by_status: dict[str, int]
     by_media_type: dict[str, int]
     error_examples: dict[str, list[str]]
@@ -86,14 +228,16 @@ class RunSummary:
     provenance: dict[str, str]
     options: dict = field(default_factory=dict)
     report: str | None = None  # the report's Markdown, when the manifest carried labels
+    note: str | None = None  # e.g. that the output was already complete
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        return json.dumps({k: v for k, v in asdict(self).items() if k != "note"}, indent=2, sort_keys=True)
 
     def format(self) -> str:
         errors = {s: n for s, n in self.by_status.items() if s != "ok"}
+        resumed = f" ({self.rows_this_run} scored by this run)" if self.rows_this_run != self.rows_out else ""
         lines = [
-            f"qeval-ray: {self.rows_in} rows in, {self.rows_out} rows out, {self.ok} ok"
+            f"qeval-ray: {self.rows_in} rows in, {self.rows_out} rows out{resumed}, {self.ok} ok"
             + (f", errors: {', '.join(f'{s} {n}' for s, n in sorted(errors.items()))}" if errors else ", no errors"),
             f"  {self.elapsed_s:.1f} s, {self.items_per_s:.2f} items/s; media: "
             + ", ".join(f"{k} {v}" for k, v in sorted(self.by_media_type.items()))
@@ -106,6 +250,8 @@ class RunSummary:
         lines.append(f"  summary: {self.output}/summary.json")
         lines.append(f"  report:  {self.report}" if self.report
                      else "  report:  none (the manifest has no quality_mos / alignment_mos labels)")
+        if self.note:
+            lines.insert(0, f"qeval-ray: {self.note}")
         return "\n".join(lines)
 
 
@@ -117,7 +263,7 @@ def _scan(layout: OutputLayout):
     return dataset.to_batches(columns=["id", "status", "error", "media_type", "fetch_retries"], batch_size=65536)
 
 
-def summarize(layout: OutputLayout, manifest, config, provenance, started: float) -> RunSummary:
+def summarize(layout: OutputLayout, manifest, config, provenance, started: float, rows_this_run: int) -> RunSummary:
     by_status: Counter = Counter()
     by_media: Counter = Counter()
     examples: dict[str, list[str]] = {}
@@ -148,18 +294,17 @@ def summarize(layout: OutputLayout, manifest, config, provenance, started: float
         rows_in=manifest.num_rows,
         rows_out=rows_out,
         ok=by_status.get("ok", 0),
+        rows_this_run=rows_this_run,
         fetch_retries=retries,
+        driver_peak_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         by_status=dict(by_status),
         by_media_type=dict(by_media),
         error_examples=examples,
         elapsed_s=round(elapsed, 3),
-        items_per_s=round(rows_out / elapsed, 3) if elapsed > 0 else 0.0,
+        items_per_s=round(rows_this_run / elapsed, 3) if elapsed > 0 else 0.0,
         provenance=provenance.as_dict(),
         options=_shown_options(config),
     )
-    fs, path = storage.filesystem(layout.summary, layout.storage)
-    with fs.open(path, "w") as f:
-        f.write(summary.to_json())
     return summary
 
 

@@ -63,6 +63,24 @@ def model_revision(model: str, revision: str | None, options: StorageOptions) ->
         return revision or "unresolved"
 
 
+def requested(config: ScoreConfig, manifest) -> dict:
+    """What the command asks for that the scores depend on (before anything is resolved)."""
+    return {
+        "model": storage.redact(config.model), "revision": config.revision, "engine": config.engine,
+        "dtype": config.dtype, "aspects": list(config.aspects),
+        "min_pixels": config.min_pixels, "max_pixels": config.max_pixels,
+        "max_image_pixels": config.max_image_pixels,
+        "video_fps": config.video_fps, "video_max_pixels": config.video_max_pixels,
+        "manifest_ids": manifest.ids_digest,
+    }
+
+
+def run_fingerprint(config: ScoreConfig, provenance: Provenance, manifest) -> dict:
+    """Everything the scores depend on, resolved; a rerun with another fingerprint must not resume."""
+    resolved = {k: v for k, v in provenance.as_dict().items() if k != "code_version"}
+    return {**requested(config, manifest), **resolved}
+
+
 def code_version() -> str:
     here = Path(__file__).resolve().parent
     try:

@@ -4,12 +4,23 @@ Every aspect of one item goes to the engine in the same call, one after the othe
 prefix is computed once per item. If a call fails, the batch is split in halves (an item's aspects
 stay together) until the failing items are found: they become ``score_error`` rows, the rest are
 scored. A poisonous item costs O(log batch) extra calls, never the batch.
+
+Items that kill the process instead (a segfault, an OOM kill, a dead engine) are handled with Ray:
+the actor is restarted and the batch retried (Ray Data's defaults), and a :class:`CrashLedger`
+remembers which batch was in flight when an actor died. A batch that crashed is retried item by
+item; an item that crashed the engine ``max_crashes`` times becomes a ``score_error`` row instead
+of being tried again, so one poisonous item cannot stall a job. Engine errors that leave the engine
+unusable (``Engine.is_fatal``) end the actor process on purpose, so Ray replaces it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
+import os
+import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -34,12 +45,72 @@ class ScoringOptions:
     aspects: tuple[str, ...]
     provenance: Provenance
     storage: storage.StorageOptions = storage.DEFAULT
+    crash_ledger: object = None  # a CrashLedger actor handle (None: no crash accounting)
+    max_crashes: int = 3  # crashes of one item before it is given up as a score_error row
 
 
 @dataclass
 class _Item:
     row: int  # position in the batch
+    id: str
     requests: list[ScoreRequest]  # one per aspect, in ``aspects`` order
+
+
+class CrashLedger:
+    """Which batch was being scored when an actor died, and how often each item was to blame.
+
+    Runs as one small Ray actor per job (:func:`start_crash_ledger`). A scoring actor calls
+    ``start`` before a batch and ``finish`` after it; a batch whose previous attempt never finished
+    crashed its actor, and each of its items (or the one item in flight, when scoring one by one)
+    is charged one crash.
+    """
+
+    def __init__(self):
+        self.inflight: dict[str, list[str]] = {}
+        self.crashes: Counter = Counter()
+
+    def start(self, key: str, ids: list[str]) -> dict[str, int]:
+        previous = self.inflight.get(key)
+        if previous is not None:
+            self.crashes.update(previous)
+        self.inflight[key] = list(ids)
+        return {i: self.crashes[i] for i in ids}
+
+    def narrow(self, key: str, ids: list[str]) -> None:
+        self.inflight[key] = list(ids)
+
+    def finish(self, key: str) -> None:
+        self.inflight.pop(key, None)
+
+    def total(self) -> int:
+        return sum(self.crashes.values())
+
+
+def start_crash_ledger():
+    import ray
+
+    return ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(CrashLedger).remote()
+
+
+class _Chaos:
+    """Fault injection for tests of crash handling, from ``QEVAL_CHAOS`` (never set in production):
+    ``crash_on_prompt=TEXT`` ends the actor process when an item whose prompt contains TEXT is
+    scored; ``delay_s=SECONDS`` sleeps before each batch (to widen a test's window to kill things).
+    """
+
+    def __init__(self, spec: str):
+        pairs = dict(part.split("=", 1) for part in spec.split(";") if "=" in part)
+        self.crash_on = pairs.get("crash_on_prompt")
+        self.delay_s = float(pairs.get("delay_s", 0))
+
+    def before_batch(self) -> None:
+        if self.delay_s:
+            time.sleep(self.delay_s)
+
+    def before_engine(self, requests: Sequence[ScoreRequest]) -> None:
+        if self.crash_on and any(self.crash_on in r.text for r in requests):
+            log.error("QEVAL_CHAOS: crashing the scoring actor on purpose")
+            os._exit(71)
 
 
 class ScoreStage(Stage):
@@ -49,26 +120,33 @@ class ScoreStage(Stage):
         self.options = options
         self.schema = schema  # the output schema (pixels dropped)
         self.engine = engine or load_engine(options.engine, _local_model(options))
+        self.chaos = _Chaos(os.environ.get("QEVAL_CHAOS", ""))
 
     def _items(self, batch: pa.Table) -> list[_Item]:
         ok = pending(batch)
-        rows = batch.select(["media_type", "prompt", PIXELS, PIXELS_SHAPE]).to_pylist()
+        rows = batch.select(["id", "media_type", "prompt", PIXELS, PIXELS_SHAPE]).to_pylist()
         items = []
         for i, row in enumerate(rows):
             if not ok[i]:
                 continue
             media = Media(row["media_type"], pixels_of(row[PIXELS], row[PIXELS_SHAPE]))
             texts = [context_prompt(aspect, media.kind, row["prompt"]) for aspect in self.options.aspects]
-            items.append(_Item(i, [ScoreRequest(media, t) for t in texts]))
+            items.append(_Item(i, row["id"], [ScoreRequest(media, t) for t in texts]))
         return items
 
     def _score(self, items: Sequence[_Item]) -> dict[int, np.ndarray | str]:
         """Row -> (aspects x 5) log-probs, or the error message for rows that failed."""
         if not items:
             return {}
+        requests = [r for item in items for r in item.requests]
+        self.chaos.before_engine(requests)
         try:
-            flat = self.engine.rating_logprobs([r for item in items for r in item.requests])
+            flat = self.engine.rating_logprobs(requests)
         except Exception as e:  # noqa: BLE001 - isolate the item that fails, keep the rest
+            if self.engine.is_fatal(e):
+                log.error("the engine cannot continue (%s: %s); ending this actor so Ray replaces it",
+                          type(e).__name__, e)
+                os._exit(70)
             if len(items) == 1:
                 log.warning("scoring row %d failed: %s", items[0].row, e)
                 return {items[0].row: f"{type(e).__name__}: {e}"}
@@ -77,8 +155,32 @@ class ScoreStage(Stage):
         per_item = flat.reshape(len(items), len(self.options.aspects), -1)
         return {item.row: per_item[k] for k, item in enumerate(items)}
 
+    def _score_batch(self, items: list[_Item]) -> dict[int, np.ndarray | str]:
+        """Score a batch, with crash accounting when a ledger is configured."""
+        ledger = self.options.crash_ledger
+        if ledger is None or not items:
+            return self._score(items)
+        import ray
+
+        key = hashlib.sha256("\0".join(sorted(i.id for i in items)).encode()).hexdigest()
+        crashes = ray.get(ledger.start.remote(key, [i.id for i in items]))
+        if not any(crashes.values()):
+            results = self._score(items)
+        else:  # this batch crashed an actor before: one item at a time, so only the culprit pays
+            results = {}
+            for item in items:
+                if crashes[item.id] >= self.options.max_crashes:
+                    results[item.row] = (f"crashed the scoring engine {crashes[item.id]} times; "
+                                         "not scored again (--max-crashes)")
+                    continue
+                ray.get(ledger.narrow.remote(key, [item.id]))
+                results.update(self._score([item]))
+        ray.get(ledger.finish.remote(key))
+        return results
+
     def process(self, batch: pa.Table) -> pa.Table:
-        results = self._score(self._items(batch))
+        self.chaos.before_batch()
+        results = self._score_batch(self._items(batch))
         n = batch.num_rows
         status = batch.column("status").to_pylist()
         error = batch.column("error").to_pylist()

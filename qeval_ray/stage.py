@@ -32,9 +32,14 @@ class Stage(ABC):
     """Subclasses implement :meth:`process`; calling the stage checks the row accounting."""
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        batch = self.prepare(batch)
         out = self.process(batch)
         check_rows(type(self).__name__, batch, out)
         return out
+
+    def prepare(self, batch: pa.Table) -> pa.Table:
+        """Normalise an incoming batch (types, column order) before it is processed."""
+        return batch
 
     @abstractmethod
     def process(self, batch: pa.Table) -> pa.Table: ...

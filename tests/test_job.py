@@ -143,15 +143,19 @@ def test_vllm_and_hf_agree_through_the_whole_job(vllm_run, hf_run):
     assert compared >= 14  # images and videos
 
 
-def test_rerun_replaces_the_previous_output(hf_run, tiny_model, mixed_corpus):
+def test_a_rerun_is_complete_refused_or_started_over(hf_run, tiny_model, mixed_corpus):
     from qeval_ray.config import parse_score_args
+    from qeval_ray.output import RunMismatch
     from qeval_ray.pipeline import run
 
     out, first = hf_run
     before = read_scores(out)
-    config = parse_score_args(job_args(mixed_corpus, out, tiny_model, "hf", "--num-cpus-per-actor", "0.5",
-                                       "--aspects", "quality"))
-    second = run(config)
+    same = run(parse_score_args(job_args(mixed_corpus, out, tiny_model, "hf", "--num-cpus-per-actor", "0.5")))
+    assert same.note.startswith("already complete") and read_scores(out).num_rows == before.num_rows
+    other = job_args(mixed_corpus, out, tiny_model, "hf", "--num-cpus-per-actor", "0.5", "--aspects", "quality")
+    with pytest.raises(RunMismatch, match=r"aspects: \['quality', 'alignment'\] -> \['quality'\].*--start-over"):
+        run(parse_score_args(other))
+    second = run(parse_score_args(other + ["--start-over"]))
     after = read_scores(out)
     assert after.num_rows == before.num_rows == second.rows_out
     assert after.column("alignment").null_count == after.num_rows  # the new run's rows, not appended

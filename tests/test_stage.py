@@ -41,6 +41,6 @@ def test_decode_stage_keeps_every_row(tmp_path):
     schema = pa.schema([("id", pa.string()), ("uri", pa.string()), ("prompt", pa.string())])
     batch = pa.table({"id": ["x", "y", "z"], "uri": ["nope.png", "", "a.bin"], "prompt": ["p", "p", None]},
                      schema=schema)
-    out = DecodeStage(DecodeOptions(base_dir=str(tmp_path)), decoded_schema(schema))(batch)
+    out = DecodeStage(DecodeOptions(base_dir=str(tmp_path)), decoded_schema(schema), schema)(batch)
     assert out.column("id").to_pylist() == ["x", "y", "z"]
     assert out.column("status").to_pylist() == ["fetch_error", "invalid_row", "invalid_row"]

@@ -56,6 +56,12 @@ class Engine(ABC):
     def rating_logprobs(self, requests: Sequence[ScoreRequest]) -> np.ndarray:
         """An ``(len(requests), 5)`` array, rows in request order. Raises if any request fails."""
 
+    def is_fatal(self, error: BaseException) -> bool:
+        """Whether ``error`` leaves the engine unusable (the actor must be replaced, not the item
+        blamed): CUDA faults, and engine-specific dead states."""
+        text = str(error)
+        return any(s in text for s in ("CUDA error", "device-side assert", "CUBLAS_STATUS", "out of memory"))
+
 
 def chat_messages(request: ScoreRequest) -> list[dict]:
     """One user turn ``[media, text]``: media first, as the reference builds it."""

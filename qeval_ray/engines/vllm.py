@@ -52,6 +52,10 @@ class VLLMEngine(Engine):
         check_distinct(self.token_ids)
         self.sampling = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=self.token_ids)
 
+    def is_fatal(self, error: BaseException) -> bool:
+        # vLLM's engine core has died (it raises EngineDeadError from then on).
+        return type(error).__name__ == "EngineDeadError" or super().is_fatal(error)
+
     def _vllm_input(self, request: ScoreRequest) -> dict:
         media = request.media
         return {"prompt": chat_prompt(self.processor, request), "multi_modal_data": {media.kind: media.pixels}}

@@ -85,8 +85,11 @@ class OutputLayout:
             raise RunMismatch(self.uri, previous.get("fingerprint", {}), fingerprint)
         elif previous is None and has_scores:
             raise RunMismatch(self.uri, {}, fingerprint)
-        if previous is not None and fs.exists(storage.filesystem(self.summary, self.storage)[1]):
+        summary = storage.filesystem(self.summary, self.storage)[1]
+        if previous is not None and fs.exists(summary):
             return "complete"
+        if fs.exists(summary):  # a stray marker with no run record: withdraw it before writing
+            fs.rm(summary)
         with fs.open(storage.filesystem(self.run_file, self.storage)[1], "w") as f:
             json.dump({"fingerprint": fingerprint, "requested": requested}, f, indent=2, sort_keys=True)
         self._remove_partial_files()

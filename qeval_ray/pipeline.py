@@ -30,6 +30,7 @@ def run(config: ScoreConfig) -> RunSummary:
     started = time.time()
     manifest = open_manifest(config.input, config.storage)  # validates; ManifestError before any work
     layout = OutputLayout(config.output, config.storage)
+    layout.check_writable()  # an output this run could never write stops it now
     if not config.start_over and layout.completed_by(requested(config, manifest)):
         return dataclasses.replace(layout.existing_summary(), note=ALREADY_COMPLETE)
     _init_ray(config)

@@ -62,6 +62,14 @@ VISION = dict(depth=2, embed_dim=32, num_heads=2, mlp_ratio=4, patch_size=14,
 MROPE_SECTION = [6, 5, 5]
 LM_HEAD_GAIN = 8.0
 
+# The published structure of Qwen2-VL-7B-Instruct, on which Q-Eval-Score is fine-tuned: with random
+# weights it lets benchmarks do the real model's compute without downloading anything.
+QWEN2_VL_7B_TEXT = dict(hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+                        intermediate_size=18944, max_position_embeddings=32768, vocab_size=152064)
+QWEN2_VL_7B_VISION = dict(depth=32, embed_dim=1280, num_heads=16, mlp_ratio=4, patch_size=14,
+                          spatial_merge_size=2, temporal_patch_size=2, in_channels=3, hidden_size=3584)
+QWEN2_VL_7B_MROPE_SECTION = [16, 24, 24]
+
 
 def _training_corpus() -> list[str]:
     words = list(RATING_TOKENS)
@@ -124,22 +132,24 @@ def build_processor(tokenizer):
     )
 
 
-def build_config(tokenizer):
+def build_config(tokenizer, arch: str = "tiny"):
     from transformers import Qwen2VLConfig
 
     vocab = len(tokenizer)
-    vocab_size = -(-vocab // 64) * 64
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    if arch == "qwen2-vl-7b":
+        text_dims, vision, mrope = QWEN2_VL_7B_TEXT, QWEN2_VL_7B_VISION, QWEN2_VL_7B_MROPE_SECTION
+    else:
+        text_dims = dict(TEXT, vocab_size=-(-vocab // 64) * 64)
+        vision, mrope = dict(VISION, hidden_size=TEXT["hidden_size"]), MROPE_SECTION
     text = dict(
-        TEXT,
-        vocab_size=vocab_size,
-        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": MROPE_SECTION},
+        text_dims,
+        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": mrope},
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],
         tie_word_embeddings=False,
     )
-    vision = dict(VISION, hidden_size=TEXT["hidden_size"])
     return Qwen2VLConfig(
         text_config=text,
         vision_config=vision,
@@ -152,15 +162,23 @@ def build_config(tokenizer):
     )
 
 
-def build(out_dir: str | Path, seed: int = 0) -> Path:
-    """Write a complete model directory (weights, config, tokenizer, processor) to ``out_dir``."""
+def build(out_dir: str | Path, seed: int = 0, arch: str = "tiny") -> Path:
+    """Write a model directory to ``out_dir``: the tiny model complete with weights, or for
+    ``arch="qwen2-vl-7b"`` the real architecture's config, tokenizer and processor without weights
+    (engines load it with random weights: ``EngineConfig(load_format="dummy")``)."""
     import torch
     from transformers import Qwen2VLForConditionalGeneration
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
-    config = build_config(tokenizer)
+    config = build_config(tokenizer, arch)
+    if arch != "tiny":
+        config.save_pretrained(out)
+        build_processor(tokenizer).save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        (out / "qeval_tiny_model.json").write_text(json.dumps({"arch": arch, "random_weights": True}))
+        return out
     torch.manual_seed(seed)
     model = Qwen2VLForConditionalGeneration(config).to(torch.float32).eval()
     with torch.no_grad():
@@ -176,8 +194,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m qeval_ray.tiny_model", description=__doc__.split("\n")[0])
     parser.add_argument("out_dir", help="directory to write the model into")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--arch", choices=("tiny", "qwen2-vl-7b"), default="tiny",
+                        help="qwen2-vl-7b: the real architecture, config only (random weights at load)")
     args = parser.parse_args(argv)
-    print(build(args.out_dir, seed=args.seed))
+    print(build(args.out_dir, seed=args.seed, arch=args.arch))
 
 
 if __name__ == "__main__":

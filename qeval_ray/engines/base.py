@@ -27,6 +27,7 @@ class EngineConfig:
     max_num_batched_tokens: int | None = None
     hf_batch_size: int = 8  # HF: sequences per forward pass
     seed: int = 0
+    load_format: str = "auto"  # "dummy": random weights from the config (benchmarks of the architecture)
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,9 @@ class Engine(ABC):
     @abstractmethod
     def rating_logprobs(self, requests: Sequence[ScoreRequest]) -> np.ndarray:
         """An ``(len(requests), 5)`` array, rows in request order. Raises if any request fails."""
+
+    def reset_caches(self) -> None:
+        """Forget cached prefixes and media (benchmarks: every timed run starts cold)."""
 
     def is_fatal(self, error: BaseException) -> bool:
         """Whether ``error`` leaves the engine unusable (the actor must be replaced, not the item

@@ -31,9 +31,17 @@ class HFEngine(Engine):
         self.torch = torch
         torch.manual_seed(config.seed)
         self.processor = AutoProcessor.from_pretrained(config.model, revision=config.revision)
-        self.model = Qwen2VLForConditionalGeneration.from_pretrained(
-            config.model, revision=config.revision, dtype=getattr(torch, config.dtype)
-        ).to(config.device).eval()
+        dtype = getattr(torch, config.dtype)
+        if config.load_format == "dummy":  # the architecture with random weights, made on the device
+            from transformers import AutoConfig
+
+            with torch.device(config.device):
+                self.model = Qwen2VLForConditionalGeneration._from_config(
+                    AutoConfig.from_pretrained(config.model), dtype=dtype).eval()
+        else:
+            self.model = Qwen2VLForConditionalGeneration.from_pretrained(
+                config.model, revision=config.revision, dtype=dtype
+            ).to(config.device).eval()
         self.token_ids = rating_token_ids(self.processor.tokenizer)
         check_distinct(self.token_ids)
         self.processor_kwargs = processor_kwargs(self.processor)

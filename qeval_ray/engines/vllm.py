@@ -15,17 +15,17 @@ import numpy as np
 from qeval_ray.engines.base import Engine, EngineConfig, ScoreRequest, chat_prompt, processor_kwargs
 from qeval_ray.rating import check_distinct, rating_token_ids
 
-# The engine core runs in this process: a Ray actor should not fork engine processes of its own,
-# and on CPU vLLM needs a KV-cache size (GiB). Both stay overridable from the environment.
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-
-
 class VLLMEngine(Engine):
     name = "vllm"
 
     def __init__(self, config: EngineConfig):
         super().__init__(config)
+        if config.device == "cpu":
+            # vLLM-CPU runs its engine core in this process (it cannot run as a separate process
+            # inside a Ray actor here) and needs a KV-cache size in GiB. On GPUs vLLM's default
+            # stands: a separate engine-core process, so media preprocessing overlaps GPU steps.
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         from transformers import AutoProcessor
         from vllm import LLM, SamplingParams
 
@@ -40,6 +40,7 @@ class VLLMEngine(Engine):
             limit_mm_per_prompt={"image": 1, "video": 1},
             enforce_eager=config.enforce_eager,
             mm_processor_kwargs=processor_kwargs(self.processor),
+            load_format=config.load_format,
         )
         if config.device != "cpu":
             kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization
@@ -52,6 +53,10 @@ class VLLMEngine(Engine):
         check_distinct(self.token_ids)
         self.sampling = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=self.token_ids)
 
+    def reset_caches(self) -> None:
+        self.llm.reset_prefix_cache()
+        self.llm.reset_mm_cache()
+
     def is_fatal(self, error: BaseException) -> bool:
         # vLLM's engine core has died (it raises EngineDeadError from then on).
         return type(error).__name__ == "EngineDeadError" or super().is_fatal(error)
@@ -61,11 +66,28 @@ class VLLMEngine(Engine):
         return {"prompt": chat_prompt(self.processor, request), "multi_modal_data": {media.kind: media.pixels}}
 
     def rating_logprobs(self, requests: Sequence[ScoreRequest]) -> np.ndarray:
-        if not requests:
-            return np.zeros((0, len(self.token_ids)))
-        outputs = self.llm.generate([self._vllm_input(r) for r in requests], self.sampling, use_tqdm=False)
         result = np.empty((len(requests), len(self.token_ids)), dtype=np.float64)
-        for i, out in enumerate(outputs):
-            step = out.outputs[0].logprobs[0]
-            result[i] = [step[t].logprob for t in self.token_ids]
+        for wave in _waves(requests):
+            outputs = self.llm.generate([self._vllm_input(requests[i]) for i in wave], self.sampling, use_tqdm=False)
+            for i, out in zip(wave, outputs):
+                step = out.outputs[0].logprobs[0]
+                result[i] = [step[t].logprob for t in self.token_ids]
         return result
+
+
+def _waves(requests: Sequence[ScoreRequest]) -> list[list[int]]:
+    """Request indices in waves: the first prompt about each media, then the second, ...
+
+    Prompts about one item share everything up to the end of its media. Sent together they would be
+    prefilled in the same engine step, each computing that prefix; sent a wave later, the second
+    finds the first's prefix in vLLM's prefix cache and computes only its own text.
+    """
+    waves: list[list[int]] = []
+    seen: dict[int, int] = {}
+    for i, request in enumerate(requests):
+        k = seen.get(id(request.media), 0)
+        seen[id(request.media)] = k + 1
+        if k == len(waves):
+            waves.append([])
+        waves[k].append(i)
+    return waves

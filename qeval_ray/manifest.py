@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from qeval_ray import storage
-from qeval_ray.schema import LABEL_COLUMNS, MANIFEST_TYPES, REQUIRED_COLUMNS, conform
+from qeval_ray.schema import LABEL_COLUMNS, MANIFEST_TYPES, REQUIRED_COLUMNS
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "json", ".json": "json", ".ndjson": "json", ".csv": "csv"}
 _GLOB_CHARS = "*?["

@@ -71,7 +71,6 @@ class OutputLayout:
         ``"complete"`` (a finished one: nothing to do). Raises :class:`RunMismatch` when the output
         holds scores made differently, unless ``start_over``, which deletes them first.
         """
-        self.check_writable()
         fs, _ = storage.filesystem(self.uri, self.storage)
         previous = self._read_json(self.run_file)
         has_scores = fs.exists(storage.filesystem(self.scores, self.storage)[1])
@@ -129,7 +128,12 @@ class OutputLayout:
             f.write(summary.to_json())
 
     def existing_summary(self) -> "RunSummary":
-        return RunSummary(**self._read_json(self.summary))
+        """The finished run's summary (fields a different version did not write are None)."""
+        import dataclasses
+
+        data = self._read_json(self.summary) or {}
+        return RunSummary(**{f.name: data.get(f.name) for f in dataclasses.fields(RunSummary)
+                             if f.name in data or f.default is dataclasses.MISSING})
 
     def check_writable(self) -> None:
         """Write and delete a probe object, so a run that could never save its results stops now."""
@@ -222,6 +226,7 @@ class RunSummary:
     ok: int
     rows_this_run: int  # rows scored and written by this run (the rest by earlier, interrupted runs)
     fetch_retries: int
+    scoring_actor_crashes: int  # batches whose scoring actor died mid-batch (Ray restarted it)
     driver_peak_mb: float  # the driver process's peak memory: it holds no rows, so it stays flat
     by_status: dict[str, int]
     by_media_type: dict[str, int]
@@ -244,7 +249,8 @@ class RunSummary:
             + (f", errors: {', '.join(f'{s} {n}' for s, n in sorted(errors.items()))}" if errors else ", no errors"),
             f"  {self.elapsed_s:.1f} s, {self.items_per_s:.2f} items/s; media: "
             + ", ".join(f"{k} {v}" for k, v in sorted(self.by_media_type.items()))
-            + f"; storage retries: {self.fetch_retries}",
+            + f"; storage retries: {self.fetch_retries}"
+            + (f"; scoring actors lost mid-batch: {self.scoring_actor_crashes}" if self.scoring_actor_crashes else ""),
         ]
         for status, examples in sorted(self.error_examples.items()):
             for example in examples:
@@ -266,7 +272,8 @@ def _scan(layout: OutputLayout):
     return dataset.to_batches(columns=["id", "status", "error", "media_type", "fetch_retries"], batch_size=65536)
 
 
-def summarize(layout: OutputLayout, manifest, config, provenance, started: float, rows_this_run: int) -> RunSummary:
+def summarize(layout: OutputLayout, manifest, config, provenance, started: float, rows_this_run: int,
+              scoring_actor_crashes: int = 0) -> RunSummary:
     by_status: Counter = Counter()
     by_media: Counter = Counter()
     examples: dict[str, list[str]] = {}
@@ -299,6 +306,7 @@ def summarize(layout: OutputLayout, manifest, config, provenance, started: float
         ok=by_status.get("ok", 0),
         rows_this_run=rows_this_run,
         fetch_retries=retries,
+        scoring_actor_crashes=scoring_actor_crashes,
         driver_peak_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         by_status=dict(by_status),
         by_media_type=dict(by_media),

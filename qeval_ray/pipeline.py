@@ -56,8 +56,9 @@ def run(config: ScoreConfig) -> RunSummary:
         decoded_schema(manifest.schema),
         manifest.schema,
     )
+    ledger = start_crash_ledger()  # which batch was in flight when a scoring actor died
     scoring = ScoringOptions(config.engine, engine, config.aspects, provenance, config.storage,
-                             crash_ledger=start_crash_ledger(), max_crashes=config.max_crashes)
+                             crash_ledger=ledger, max_crashes=config.max_crashes)
 
     with checkpointing(layout):  # resumable: written ids are skipped by the read of a rerun
         ds = manifest.read()
@@ -78,7 +79,8 @@ def run(config: ScoreConfig) -> RunSummary:
         before = layout.score_files()
         write_scores(ds, layout, config.rows_per_file)
     written = sum(rows for name, rows in layout.score_files().items() if name not in before)
-    summary = summarize(layout, manifest, config, provenance, started, rows_this_run=written)
+    summary = summarize(layout, manifest, config, provenance, started, rows_this_run=written,
+                        scoring_actor_crashes=ray.get(ledger.crash_events.remote()))
     if config.report and manifest.has_labels:
         from qeval_ray.report import ReportOptions, make_report  # scipy/matplotlib: only when needed
 

@@ -97,19 +97,19 @@ def _actor_pids() -> list[int]:
     return [int(p) for p in proc.stdout.split()]
 
 
-def test_killed_scoring_actors_are_replaced(corpus, tiny_model, tmp_path):
+def test_a_killed_scoring_actor_is_replaced(corpus, tiny_model, tmp_path):
+    """One scoring actor, killed mid-batch: the run can only finish if Ray replaces it."""
     out = tmp_path / "out"
-    run = subprocess.Popen(job(corpus, out, tiny_model, "--concurrency", "2"), cwd=REPO,
+    run = subprocess.Popen(job(corpus, out, tiny_model, "--concurrency", "1"), cwd=REPO,
                            env=env(QEVAL_CHAOS="delay_s=0.25"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True, start_new_session=True)
     wait_for(lambda: len(committed(out)) >= 2, 300, "the first score files")
-    victims = wait_for(_actor_pids, 30, "the scoring actors")
-    os.kill(victims[0], signal.SIGKILL)  # mid-run, with batches in flight
-    wait_for(lambda: len(committed(out)) >= 5, 300, "more score files after the kill")
-    replaced = [p for p in _actor_pids() if p not in victims]
+    victims = wait_for(_actor_pids, 30, "the scoring actor")
+    os.kill(victims[0], signal.SIGKILL)  # it is always mid-batch: every engine call takes 0.25 s
     stdout, stderr = run.communicate(timeout=600)
     assert run.returncode == 0, stderr[-3000:]
-    assert replaced, "Ray should have started a replacement actor"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["scoring_actor_crashes"] >= 1 and "scoring actors lost mid-batch" in stdout
     table = pq.read_table(out / "scores", columns=["id", "status"])
     assert table.num_rows == ITEMS and len(set(table.column("id").to_pylist())) == ITEMS
     assert set(table.column("status").to_pylist()) == {"ok"}

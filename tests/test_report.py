@@ -12,7 +12,7 @@ from scipy import stats
 
 from conftest import REPO
 from qeval_ray.metrics import MetricOptions, agreement, fit_logistic, logistic4
-from qeval_ray.report import ReportError, ReportOptions, build, load, make_report
+from qeval_ray.report import ReportError, ReportOptions, build, load
 
 FAST = MetricOptions(bootstrap=200, seed=1)
 

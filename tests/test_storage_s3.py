@@ -210,6 +210,7 @@ def test_an_unfinished_run_is_not_mistaken_for_results(tmp_path):
     layout = OutputLayout(str(tmp_path / "out"))
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "summary.json").write_text("{}")  # a marker with no run record behind it
+    layout.check_writable()
     assert layout.begin({"model": "m"}) == "fresh"
     assert not (tmp_path / "out" / "summary.json").exists()
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["_qeval_run.json"]  # probe gone too

@@ -57,7 +57,7 @@ class Engine(ABC):
     def rating_logprobs(self, requests: Sequence[ScoreRequest]) -> np.ndarray:
         """An ``(len(requests), 5)`` array, rows in request order. Raises if any request fails."""
 
-    def reset_caches(self) -> None:
+    def reset_caches(self) -> None:  # noqa: B027 - engines without caches need nothing here
         """Forget cached prefixes and media (benchmarks: every timed run starts cold)."""
 
     def is_fatal(self, error: BaseException) -> bool:

@@ -25,7 +25,7 @@ demo: $(STAMP)
 	$(PY) -m qeval_ray.synthetic $(DEMO)/corpus --images 36 --videos 4
 	$(PY) jobs/score.py --input $(DEMO)/corpus/manifest.parquet --output $(DEMO)/out \
 	    --model $(DEMO)/model --engine vllm --enforce-eager \
-	    --concurrency 2 --num-cpus-per-actor 0.5 --batch-size 8
+	    --concurrency 2 --num-cpus-per-actor 0.5 --batch-size 8 --start-over
 
 # Tests run in a private network namespace that has only loopback: nothing can reach a hub.
 test: $(STAMP)

@@ -26,6 +26,7 @@ def test_every_mode_runs_and_scores_the_same_items(tmp_path):
             assert mode[key] > 0, (mode["name"], key)
         assert len(mode["scores"]) == 6
     assert report["modes"]["3"]["aspects"] == ["quality", "alignment"]
+    assert report["modes"]["4"]["rate_method"]  # how the job's rate was measured
     assert len(report["ratios"]) == 4 and all(v > 0 for v in report["ratios"].values())
     assert report["parity"]["compared_modes"] == [1, 2, 3, 4, 5] or report["parity"]["compared_modes"] == ["1", "2", "3", "4", "5"]
     assert report["parity"]["max_abs_diff"] < 1e-4  # equal work: the same scores in every mode

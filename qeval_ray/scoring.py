@@ -97,17 +97,32 @@ def start_crash_ledger():
 class _Chaos:
     """Fault injection for tests of crash handling, from ``QEVAL_CHAOS`` (never set in production):
     ``crash_on_prompt=TEXT`` ends the actor process when an item whose prompt contains TEXT is
-    scored; ``delay_s=SECONDS`` makes each engine call that much slower (a test's window to kill).
+    scored; ``delay_s=SECONDS`` makes each engine call that much slower (a test's window to kill);
+    ``hang_once=PATH`` (with ``hang_after=N`` engine calls, default 3) writes the actor's pid to PATH
+    and stops inside the engine call until killed, unless PATH exists already: a test can then kill
+    an actor that is certainly mid-batch, and its replacement does not hang again.
     """
 
     def __init__(self, spec: str):
         pairs = dict(part.split("=", 1) for part in spec.split(";") if "=" in part)
         self.crash_on = pairs.get("crash_on_prompt")
         self.delay_s = float(pairs.get("delay_s", 0))
+        self.hang_once = pairs.get("hang_once")
+        self.hang_after = int(pairs.get("hang_after", 3))
+        self.calls = 0
 
     def before_engine(self, requests: Sequence[ScoreRequest]) -> None:
+        self.calls += 1
         if self.delay_s:
             time.sleep(self.delay_s)
+        if self.hang_once and self.calls > self.hang_after and not os.path.exists(self.hang_once):
+            tmp = f"{self.hang_once}.{os.getpid()}"
+            with open(tmp, "w") as f:
+                f.write(str(os.getpid()))
+            os.replace(tmp, self.hang_once)
+            log.error("QEVAL_CHAOS: hanging mid-batch until this actor is killed")
+            while True:
+                time.sleep(60)
         if self.crash_on and any(self.crash_on in r.text for r in requests):
             log.error("QEVAL_CHAOS: crashing the scoring actor on purpose")
             os._exit(71)

@@ -100,16 +100,21 @@ def _actor_pids() -> list[int]:
 def test_a_killed_scoring_actor_is_replaced(corpus, tiny_model, tmp_path):
     """One scoring actor, killed mid-batch: the run can only finish if Ray replaces it."""
     out = tmp_path / "out"
+    marker = tmp_path / "hung-actor.pid"  # the actor writes its pid here, then stops inside a batch
+    log = (tmp_path / "job.log").open("w")  # a file, not a pipe: nothing blocks while nobody reads
     run = subprocess.Popen(job(corpus, out, tiny_model, "--concurrency", "1"), cwd=REPO,
-                           env=env(QEVAL_CHAOS="delay_s=0.25"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True, start_new_session=True)
-    wait_for(lambda: len(committed(out)) >= 2, 300, "the first score files")
-    victims = wait_for(_actor_pids, 30, "the scoring actor")
-    os.kill(victims[0], signal.SIGKILL)  # it is always mid-batch: every engine call takes 0.25 s
-    stdout, stderr = run.communicate(timeout=600)
-    assert run.returncode == 0, stderr[-3000:]
+                           env=env(QEVAL_CHAOS=f"hang_once={marker};hang_after=4"), stdout=log,
+                           stderr=subprocess.STDOUT, start_new_session=True)
+    wait_for(marker.exists, 300, "the scoring actor to stop mid-batch")
+    victim = int(marker.read_text())
+    assert victim in wait_for(_actor_pids, 30, "the scoring actor")  # it is the real Ray actor process
+    os.kill(victim, signal.SIGKILL)
+    run.wait(timeout=600)
+    log.close()
+    output = (tmp_path / "job.log").read_text()
+    assert run.returncode == 0, output[-3000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["scoring_actor_crashes"] >= 1 and "scoring actors lost mid-batch" in stdout
+    assert summary["scoring_actor_crashes"] >= 1 and "scoring actors lost mid-batch" in output
     table = pq.read_table(out / "scores", columns=["id", "status"])
     assert table.num_rows == ITEMS and len(set(table.column("id").to_pylist())) == ITEMS
     assert set(table.column("status").to_pylist()) == {"ok"}

@@ -22,6 +22,9 @@ cost), 4/2, 5/1. It checks that every mode gave the same scores (within 1e-4) an
 HF random initialisation on the device) and a locally built tokenizer: the real model's compute,
 nothing downloaded. Its text prompts are tokenized by that tokenizer (trained on the prompts, so a
 little shorter than with Qwen's); the image tokens, which dominate, are exact.
+
+On a lent GPU machine, which lacks qwen-vl-utils, PyAV and vLLM, bring them first with
+benchmarks/device.py (see the README's "Measuring on a lent GPU machine").
 """
 
 from __future__ import annotations
@@ -220,7 +223,8 @@ def worker(args) -> None:
 
     from qeval_ray.media import import_decord
 
-    import_decord()  # before qwen-vl-utils imports it (see qeval_ray.media.import_decord)
+    if _installed("decord"):  # the GPU machines may lack it; images need no video reader
+        import_decord()  # before qwen-vl-utils imports it (see qeval_ray.media.import_decord)
 
     with open(args.items_file, "rb") as f:
         manifest, items = pickle.load(f)

@@ -324,13 +324,22 @@ def run(args) -> dict:
 
     plan = [("reference", {1: "quality"}), ("vllm", {2: "quality", 3: "quality,alignment"}),
             ("job", {4: "quality"}), ("hf", {5: "quality,alignment"})]
-    modes = {}
-    for worker_name, produced in plan:
+    modes: dict = {}
+
+    def report() -> dict:
+        return {"device": info, "arch": args.arch, "video": args.video, "date": time.strftime("%Y-%m-%d"),
+                "settings": {"items": args.items, "batch_size": args.batch_size, "dtype": args.dtype,
+                             "max_num_batched_tokens": args.max_num_batched_tokens,
+                             "media": "5 s clips, 8 fps, 100,352 px/frame" if args.video else "1024x1024 images",
+                             "mean_prompt_tokens": float(np.mean(tokens))},
+                "modes": modes, "ratios": ratios(modes), "parity": parity(modes)}
+
+    def run_worker(worker_name: str, produced: dict) -> None:
         missing = {"vllm": "vllm", "job": "ray"}.get(worker_name)
         if missing and not _installed(missing):
             for m in produced:
                 modes[m] = {"name": MODES[m], "skipped": f"{missing} is not installed here"}
-            continue
+            return
         result_file = work / f"{worker_name}.json"
         cmd = [sys.executable, __file__, "--worker", worker_name, "--items-file", str(items_file),
                "--result-file", str(result_file), "--model", args.model, "--dtype", args.dtype,
@@ -340,8 +349,9 @@ def run(args) -> dict:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
         if proc.returncode != 0:
             for m in produced:
-                modes[m] = {"name": MODES[m], "failed": proc.stderr.strip().splitlines()[-1:] or ["?"]}
-            continue
+                modes[m] = {"name": MODES[m], "failed": proc.stderr.strip().splitlines()[-1:] or ["?"],
+                            "stderr_tail": proc.stderr[-3000:]}
+            return
         result = json.loads(result_file.read_text())
         for m, key in produced.items():
             r = result.get(key, result)
@@ -362,13 +372,15 @@ def run(args) -> dict:
                 "peak_gpu_gb": r.get("peak_gpu_gb"), "scores": r["scores"],
                 **{k: v for k, v in r.items() if k.startswith("wall_") or k == "rate_method"},
             }
-    report = {"device": info, "arch": args.arch, "video": args.video, "date": time.strftime("%Y-%m-%d"),
-              "settings": {"items": args.items, "batch_size": args.batch_size, "dtype": args.dtype,
-                           "max_num_batched_tokens": args.max_num_batched_tokens,
-                           "media": "5 s clips, 8 fps, 100,352 px/frame" if args.video else "1024x1024 images",
-                           "mean_prompt_tokens": float(np.mean(tokens))},
-              "modes": modes, "ratios": ratios(modes), "parity": parity(modes)}
-    return report
+
+    for worker_name, produced in plan:
+        if set(produced) & args.modes:
+            run_worker(worker_name, produced)
+            # Progress and a partial JSON after each: a device call that runs out of time keeps these.
+            print(f"  {worker_name}: modes {sorted(produced)} done", file=sys.stderr, flush=True)
+            if args.json:
+                Path(args.json).write_text(json.dumps(report(), indent=2))
+    return report()
 
 
 def _rate(modes, m):
@@ -409,11 +421,19 @@ def main(argv=None) -> dict:
     parser.add_argument("--video", action="store_true")
     parser.add_argument("--dtype", default=None, help="default: bfloat16 on GPU, float32 on CPU")
     parser.add_argument("--max-num-batched-tokens", type=int, default=None)
-    parser.add_argument("--json", default=None)
+    parser.add_argument("--json", default=None, help="written after each mode, so a cut-off run keeps what finished")
+    parser.add_argument("--modes", default="1,2,3,4,5",
+                        help="which modes to run, e.g. 1,5 (2 and 3 always run together, in one process)")
     # worker-process arguments
     for hidden in ("--worker", "--items-file", "--result-file", "--model", "--device", "--load-format"):
         parser.add_argument(hidden, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    try:
+        args.modes = {int(m) for m in args.modes.split(",")}
+    except ValueError:
+        parser.error("--modes takes mode numbers separated by commas, e.g. 1,5")
+    if not args.modes <= set(MODES):
+        parser.error(f"--modes: unknown mode {sorted(args.modes - set(MODES))}; the modes are {MODES}")
     if args.worker:
         worker(args)
         return {}

@@ -36,6 +36,21 @@ def test_every_mode_runs_and_scores_the_same_items(tmp_path):
     assert "2/1 vllm batched vs reference loop" in proc.stdout
 
 
+def test_chosen_modes_run_alone_and_keep_a_json_after_each(tmp_path):
+    out = tmp_path / "throughput.json"
+    proc = subprocess.run([sys.executable, "benchmarks/throughput.py", "--items", "2", "--batch-size", "2",
+                           "--modes", "5", "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "hf: modes [5] done" in proc.stderr
+    report = json.loads(out.read_text())
+    assert list(report["modes"]) == ["5"] and report["modes"]["5"]["prompts_per_s"] > 0
+    assert report["ratios"] == {}  # nothing to compare with
+
+    bad = subprocess.run([sys.executable, "benchmarks/throughput.py", "--modes", "1,7"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown mode [7]" in bad.stderr
+
+
 def test_the_7b_architecture_is_the_published_one(tmp_path):
     import torch
     from transformers import AutoConfig, Qwen2VLForConditionalGeneration

@@ -24,9 +24,9 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -107,9 +107,7 @@ def pack(wheels: list[Path], out: Path, part_bytes: int, checks: list[str]) -> d
     if part_bytes >= CARRY_LIMIT:
         raise BundleError(f"a part must stay under the {CARRY_LIMIT // 2**20} MiB carry limit")
     for old in out.glob("part-*"):
-        for f in old.iterdir():
-            f.unlink()
-        old.rmdir()
+        shutil.rmtree(old)
     parts: list[list[tuple[Path, int, int, str]]] = []  # (source, offset, length, file name in the part)
     room: list[int] = []
     manifest = {"wheels": {}, "checks": checks}
@@ -155,7 +153,7 @@ def bundle(args) -> int:
     checks = [m for g in names for m in CHECKS.get(g, ())]
     manifest = pack(wheels, Path(args.dir), int(args.part_mib * 2**20), checks)
     total = sum(w["size"] for w in manifest["wheels"].values())
-    rel = Path(args.dir).resolve().relative_to(REPO) if Path(args.dir).resolve().is_relative_to(REPO) else args.dir
+    rel = os.path.relpath(args.dir, REPO)
     count = manifest["parts"]
     print(f"{len(manifest['wheels'])} wheels, {total / 2**20:.0f} MiB, in {count} part{'s' * (count != 1)} under {rel}.")
     print("Carry each part in its own call, then install; e.g. for part 1:")
@@ -203,34 +201,12 @@ def join(folder: Path, manifest: dict) -> list[Path]:
     return joined
 
 
-def install_wheels(wheels: list[Path], site: Path, use_pip: bool | None = None) -> None:
-    """pip where the machine has it; else unpack the wheels, which is what a wheel is made for."""
-    site.mkdir(parents=True, exist_ok=True)
-    if use_pip is None:
-        use_pip = subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True).returncode == 0
-    if use_pip:
-        proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--upgrade",
-                               "--target", str(site), *map(str, wheels)], capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise BundleError(f"pip install failed:\n{proc.stderr[-3000:]}")
-        return
-    for wheel in wheels:
-        with zipfile.ZipFile(wheel) as z:
-            for info in z.infolist():
-                parts = Path(info.filename).parts
-                if parts[0].endswith(".data"):  # purelib/platlib go to the site; scripts and headers are not needed
-                    if len(parts) < 3 or parts[1] not in ("purelib", "platlib"):
-                        continue
-                    parts = parts[2:]
-                dest = site.joinpath(*parts)
-                if not dest.resolve().is_relative_to(site.resolve()):
-                    raise BundleError(f"{wheel.name} holds a path outside the site: {info.filename}")
-                if info.is_dir():
-                    continue
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                dest.write_bytes(z.read(info))
-                if (info.external_attr >> 16) & 0o111:
-                    dest.chmod(0o755)
+def install_wheels(wheels: list[Path], site: Path) -> None:
+    """pip (the machines have it), offline, into a folder of its own."""
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--upgrade",
+                           "--target", str(site), *map(str, wheels)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BundleError(f"pip install failed:\n{proc.stderr[-3000:]}")
 
 
 def check_imports(site: Path, modules: list[str]) -> list[str]:

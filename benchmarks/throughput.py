@@ -451,9 +451,7 @@ def main(argv=None) -> dict:
     for label, value in report["ratios"].items():
         print(f"  {label}: {value:.2f}")
     print(f"  scores agree across modes {report['parity']['compared_modes']}: max |diff| {report['parity']['max_abs_diff']}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
-    return report
+    return report  # run() has written --json after the last mode
 
 
 if __name__ == "__main__":

@@ -122,17 +122,6 @@ def test_a_failing_import_is_reported(tmp_path):
     assert "not_in_the_bundle: ModuleNotFoundError" in proc.stdout
 
 
-def test_unpacking_without_pip_gives_an_importable_site(bundle, tmp_path):
-    out, manifest, big = bundle
-    there = tmp_path / "there"
-    shutil.copytree(out, there)
-    wheels = device.join(there, manifest)
-    device.install_wheels(wheels, there / "site", use_pip=False)
-    assert (there / "site" / "bigpkg" / "payload.bin").read_bytes() == big
-    assert (there / "site" / "bigpkg_extra.py").exists()  # moved out of .data/purelib
-    assert device.check_imports(there / "site", manifest["checks"]) == []
-
-
 def test_a_part_may_not_reach_the_carry_limit(tmp_path):
     with pytest.raises(device.BundleError, match="carry limit"):
         device.pack([], tmp_path, device.CARRY_LIMIT, [])

@@ -21,8 +21,8 @@ $(STAMP): requirements/cpu.txt pyproject.toml
 
 # The main job on an embedded default: tiny random-weight model, generated corpus, vLLM engine.
 demo: $(STAMP)
-	$(PY) -m qeval_ray.tiny_model $(DEMO)/model
-	$(PY) -m qeval_ray.synthetic $(DEMO)/corpus --images 36 --videos 4
+	$(PY) -m qeval_ray.testing.tiny_model $(DEMO)/model
+	$(PY) -m qeval_ray.testing.synthetic $(DEMO)/corpus --images 36 --videos 4
 	$(PY) jobs/score.py --input $(DEMO)/corpus/manifest.parquet --output $(DEMO)/out \
 	    --model $(DEMO)/model --engine vllm --enforce-eager \
 	    --concurrency 2 --num-cpus-per-actor 0.5 --batch-size 8 --start-over

@@ -100,7 +100,7 @@ def run_mode(mode: str, clip: Path, out: Path, timeout: float) -> dict:
 def main(argv=None) -> dict:
     import numpy as np
 
-    from qeval_ray import synthetic
+    from qeval_ray.testing import synthetic
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--long-seconds", type=int, default=60, help="length of the 1080p clip")

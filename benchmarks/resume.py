@@ -40,7 +40,7 @@ def run_job(manifest: Path, out: Path, model: str, engine: str) -> tuple[float, 
 
 
 def main(argv=None) -> dict:
-    from qeval_ray import synthetic, tiny_model
+    from qeval_ray.testing import synthetic, tiny_model
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--small", type=int, default=1000)

@@ -59,7 +59,9 @@ def make_items(work: Path, n: int, video: bool) -> tuple[Path, list[dict]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from qeval_ray import media, synthetic
+    from qeval_ray import media
+
+    from qeval_ray.testing import synthetic
 
     (work / "media").mkdir(parents=True, exist_ok=True)
     items = []
@@ -80,14 +82,14 @@ def make_items(work: Path, n: int, video: bool) -> tuple[Path, list[dict]]:
 
 def requests_for(items, aspects):
     from qeval_ray.engines.base import Media, ScoreRequest
-    from qeval_ray.prompts import context_prompt
+    from qeval_ray.scorers.qeval import context_prompt
 
     return [ScoreRequest(Media(it["kind"], it["pixels"]), context_prompt(a, it["kind"], it["prompt"]))
             for it in items for a in aspects]
 
 
 def scores_of(logprobs: np.ndarray, items, aspects) -> dict[str, list[float]]:
-    from qeval_ray.rating import rating_probabilities, score_from_probabilities
+    from qeval_ray.scorers.qeval import rating_probabilities, score_from_probabilities
 
     per = logprobs.reshape(len(items), len(aspects), -1)
     return {it["id"]: [float(score_from_probabilities(rating_probabilities(p))) for p in per[k]]
@@ -111,16 +113,20 @@ def _gpu_peak(reset: bool = False) -> float | None:
 
 
 def _timed_batches(engine, items, aspects, batch_size):
+    from qeval_ray.scorers.qeval import RATING_TOKENS
+
+    token_ids = engine.token_ids(RATING_TOKENS)
     engine.reset_caches()  # cold: no prefix or media cached from the warm-up or an earlier mode
     _gpu_peak(reset=True)
     out, start = [], time.perf_counter()
     for s in range(0, len(items), batch_size):
-        out.append(engine.rating_logprobs(requests_for(items[s : s + batch_size], aspects)))
+        out.append(engine.next_token_logprobs(requests_for(items[s : s + batch_size], aspects), token_ids))
     return time.perf_counter() - start, np.concatenate(out)
 
 
 def mode_engine(args, items, engine_name: str, aspects_list):
-    from qeval_ray.engines.base import EngineConfig, load_engine
+    from qeval_ray.engines import load_engine
+    from qeval_ray.engines.base import EngineConfig
 
     cfg = EngineConfig(model=args.model, dtype=args.dtype, device=args.device, enforce_eager=args.device == "cpu",
                        max_num_batched_tokens=args.max_num_batched_tokens, load_format=args.load_format,
@@ -142,10 +148,9 @@ def mode_reference(args, items):
     from qwen_vl_utils import process_vision_info
     from transformers import AutoConfig, AutoProcessor, Qwen2VLForConditionalGeneration
 
-    from qeval_ray.engines.base import processor_kwargs
+    from qeval_ray.engines.base import first_token_ids, processor_kwargs
     from qeval_ray.engines.hf import reference_position_ids
-    from qeval_ray.prompts import RATING_WEIGHTS, context_prompt
-    from qeval_ray.rating import rating_probabilities, rating_token_ids
+    from qeval_ray.scorers.qeval import RATING_TOKENS, RATING_WEIGHTS, context_prompt, rating_probabilities
 
     processor = AutoProcessor.from_pretrained(args.model)
     dtype = getattr(torch, args.dtype)
@@ -155,7 +160,7 @@ def mode_reference(args, items):
     else:
         model = Qwen2VLForConditionalGeneration.from_pretrained(args.model, dtype=dtype).to(args.device)
     model.eval()
-    ids = rating_token_ids(processor.tokenizer)
+    ids = first_token_ids(processor.tokenizer, RATING_TOKENS)
     kwargs = processor_kwargs(processor)  # the reference's transformers (4.46) did not resize again
 
     def score(item, aspect):
@@ -305,7 +310,7 @@ def device_info() -> dict:
 def run(args) -> dict:
     import pickle
 
-    from qeval_ray import tiny_model
+    from qeval_ray.testing import tiny_model
 
     work = Path(tempfile.mkdtemp(prefix="qeval-throughput-"))
     info = device_info()

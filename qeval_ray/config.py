@@ -1,31 +1,24 @@
-"""One dataclass configures a scoring run; :func:`parse_score_args` builds it from the command line.
+"""One dataclass per job; each job's command line is built from its fields (``qeval_ray.options``).
 
 Every option is checked before any work starts; a bad one stops the job with one
-:class:`ConfigError` that says what to change.
+:class:`ConfigError` that lists every problem of the command line and what to do.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
 from dataclasses import dataclass
 
-from qeval_ray.decode import DEFAULT_MAX_BYTES
-from qeval_ray.engines.base import ENGINE_NAMES
-from qeval_ray.media import (
-    DEFAULT_MAX_IMAGE_PIXELS,
-    DEFAULT_MAX_PIXELS,
-    DEFAULT_MIN_PIXELS,
-    DEFAULT_VIDEO_FPS,
-    DEFAULT_VIDEO_MAX_PIXELS,
-    VIDEO_DECODERS,
-)
-from qeval_ray.prompts import ASPECTS
-from qeval_ray.storage import StorageOptions
-from qeval_ray.v2s import DEFAULT_MIN_WORDS, DEFAULT_VAGUE_WEIGHT, V2SOptions
+from qeval_ray import media
+from qeval_ray.storage import DEFAULT_MAX_BYTES, StorageOptions
+from qeval_ray.v2s import DEFAULT_VAGUE_WEIGHT, LONG_PROMPT_WORDS, MAX_SPECIFIC, V2SOptions
+from qeval_ray.engines import ENGINE_NAMES
+from qeval_ray.options import build_parser, comma_list, option, parse_config
+from qeval_ray.report.options import MetricOptions, ReportOptions
+from qeval_ray.scorers.qeval import ASPECTS, QEvalScorer
 
-DEFAULT_MODEL = "AGI-Eval/Q-Eval-Score"
+DEFAULT_MODEL = "AGI-Eval-Official/Q-Eval-Score"  # the id the Q-Eval-100K release links
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 
 
@@ -33,48 +26,79 @@ class ConfigError(ValueError):
     """An option is wrong; the message says which and what to do."""
 
 
+def _raise_problems(problems: list[str]) -> None:
+    if problems:
+        raise ConfigError("invalid options:\n  " + "\n  ".join(problems))
+
+
+def _at_least_one(config, names) -> list[str]:
+    return [f"--{name.replace('_', '-')} must be at least 1" for name in names if getattr(config, name) < 1]
+
+
+def _io_problems(config) -> list[str]:
+    """What every job that reads --input and writes --output checks alike."""
+    problems = []
+    if config.input.rstrip("/") == config.output.rstrip("/"):
+        problems.append("--output must differ from --input")
+    if config.s3_endpoint and not config.s3_endpoint.startswith(("http://", "https://")):
+        problems.append("--s3-endpoint must be an http:// or https:// URL")
+    return problems
+
+
+_IO, _MODEL, _V2S, _MEDIA, _STORAGE, _RAY, _RUNS = (
+    "input and output", "model", "vague-to-specific (long prompts' alignment in parts)", "media", "storage",
+    "ray", "runs")
+
+
 @dataclass(frozen=True)
 class ScoreConfig:
-    input: str
-    output: str
-    model: str = DEFAULT_MODEL
-    revision: str | None = None
-    engine: str = "vllm"
-    aspects: tuple[str, ...] = ASPECTS
-    dtype: str = "auto"  # auto: float16 on GPUs (as the reference), float32 on CPU
+    input: str = option(group=_IO, help="manifest: parquet/jsonl/csv file, directory or glob (local, file://, s3://, gs://)")
+    output: str = option(group=_IO, help="output directory; scores go to OUTPUT/scores/*.parquet")
+    model: str = option(DEFAULT_MODEL, group=_MODEL, help="Hugging Face id or local directory of the scorer")
+    revision: str | None = option(None, group=_MODEL, help="model revision (branch, tag or commit) to pin")
+    engine: str = option("vllm", group=_MODEL, choices=ENGINE_NAMES, help="scoring engine")
+    aspects: tuple[str, ...] = option(ASPECTS, group=_MODEL, parse=comma_list, metavar="LIST",
+                                      help=f"comma-separated, of: {', '.join(ASPECTS)}")
+    dtype: str = option("auto", group=_MODEL, choices=DTYPES,
+                        help="auto: float16 on GPUs (as the reference), float32 on CPU")
+    max_model_len: int | None = option(None, group=_MODEL, parse=int, help="vLLM: context length (the model's if not given)")
+    enforce_eager: bool = option(False, group=_MODEL, help="vLLM: no CUDA graphs / torch.compile (fast start; use on CPU)")
+    gpu_memory_utilization: float = option(0.9, group=_MODEL, help="vLLM: share of GPU memory to use")
+    max_num_batched_tokens: int | None = option(None, group=_MODEL, parse=int, help="vLLM: tokens per engine step")
     # Vague-to-Specific: long prompts' alignment from the manifest's v2s_vague/v2s_specific parts
-    v2s: bool = False
-    v2s_vague_weight: float = DEFAULT_VAGUE_WEIGHT
-    v2s_min_words: int = DEFAULT_MIN_WORDS
-    # media
-    min_pixels: int = DEFAULT_MIN_PIXELS
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
-    video_fps: float = DEFAULT_VIDEO_FPS
-    video_max_pixels: int = DEFAULT_VIDEO_MAX_PIXELS
-    video_decoder: str = "auto"
-    max_bytes: int = DEFAULT_MAX_BYTES
-    # storage
-    s3_endpoint: str | None = None
-    fetch_attempts: int = 5
-    # Ray
-    concurrency: int = 1  # scoring actors
-    num_gpus_per_actor: float | None = None  # None: 1 if the cluster has GPUs, else 0
-    num_cpus_per_actor: float = 1.0
-    batch_size: int = 16  # items per scoring call (every aspect of each)
-    decode_batch_size: int = 4  # items per decode task
-    ray_address: str | None = None
-    # engine
-    max_model_len: int | None = None
-    enforce_eager: bool = False
-    gpu_memory_utilization: float = 0.9
-    max_num_batched_tokens: int | None = None
-    # report
-    report: bool = True  # write OUTPUT/report/ when the manifest carries labels
-    # runs
-    start_over: bool = False  # replace what the output holds instead of resuming it
-    rows_per_file: int = 2000  # rows per parquet file: also how much work a crash can lose
-    max_crashes: int = 3  # times one item may crash a scoring actor before it becomes an error row
+    v2s: bool = option(False, group=_V2S, help="score the alignment of prompts longer than --v2s-min-words words in "
+                       "parts, from the manifest's v2s_vague (text) and v2s_specific (list of texts) columns")
+    v2s_vague_weight: float = option(DEFAULT_VAGUE_WEIGHT, group=_V2S, help="alignment = w * vague + (1 - w) * mean(specific)")
+    v2s_min_words: int = option(LONG_PROMPT_WORDS, group=_V2S, help="prompts of more words than this are scored in parts (the paper's)")
+    min_pixels: int = option(media.DEFAULT_MIN_PIXELS, group=_MEDIA, help="image: smart_resize lower bound")
+    max_pixels: int = option(media.DEFAULT_MAX_PIXELS, group=_MEDIA, help="image: smart_resize upper bound (the reference's)")
+    max_image_pixels: int = option(media.DEFAULT_MAX_IMAGE_PIXELS, group=_MEDIA,
+                                   help="refuse source images larger than this (decompression bombs)")
+    video_fps: float = option(media.DEFAULT_VIDEO_FPS, group=_MEDIA, help="video: frames sampled per second (the reference's)")
+    video_max_pixels: int = option(media.DEFAULT_VIDEO_MAX_PIXELS, group=_MEDIA, help="video: pixel cap per frame (the reference's)")
+    video_decoder: str = option("auto", group=_MEDIA, choices=media.VIDEO_DECODERS,
+                                help="auto: PyAV, then decord for what PyAV cannot open")
+    max_bytes: int = option(DEFAULT_MAX_BYTES, group=_MEDIA, help="refuse media objects larger than this")
+    s3_endpoint: str | None = option(None, group=_STORAGE, metavar="URL",
+                                     help="S3-compatible endpoint (else AWS_ENDPOINT_URL, else AWS)")
+    fetch_attempts: int = option(StorageOptions.attempts, group=_STORAGE,
+                                 help="tries per media object on transient storage errors")
+    concurrency: int = option(1, group=_RAY, help="scoring actors (one engine each)")
+    num_gpus_per_actor: float | None = option(None, group=_RAY, parse=float,
+                                              help="GPUs per scoring actor (1 if the cluster has GPUs, else 0)")
+    num_cpus_per_actor: float = option(1.0, group=_RAY, help="CPUs reserved per scoring actor (fractions allowed)")
+    batch_size: int = option(16, group=_RAY, help="items per scoring call (every prompt of each)")
+    decode_batch_size: int = option(4, group=_RAY, help="items per decode task")
+    ray_address: str | None = option(None, group=_RAY, metavar="ADDRESS",
+                                     help="Ray cluster address (else RAY_ADDRESS, else a local instance)")
+    start_over: bool = option(False, group=_RUNS, help="replace what --output holds; by default a rerun resumes an "
+                              "unfinished run, and refuses an output made with other options or another manifest")
+    rows_per_file: int = option(2000, group=_RUNS, help="rows per score file: a killed run loses at most the "
+                                "unwritten files' work")
+    max_crashes: int = option(3, group=_RUNS, help="an item that crashes a scoring actor this many times becomes "
+                              "a score_error row")
+    report: bool = option(True, group=_RUNS, flag="--no-report",
+                          help="skip the correlation report (made when the manifest has quality_mos/alignment_mos)")
 
     @property
     def storage(self) -> StorageOptions:
@@ -83,6 +107,18 @@ class ScoreConfig:
     @property
     def v2s_options(self) -> V2SOptions | None:
         return V2SOptions(self.v2s_vague_weight, self.v2s_min_words) if self.v2s else None
+
+    @property
+    def image(self) -> media.ImageOptions:
+        return media.ImageOptions(self.min_pixels, self.max_pixels, self.max_image_pixels)
+
+    @property
+    def video(self) -> media.VideoOptions:
+        return media.VideoOptions(self.video_fps, self.video_max_pixels, self.video_decoder)
+
+    @property
+    def scorer(self) -> QEvalScorer:
+        return QEvalScorer(self.aspects, self.v2s_options)
 
     def validate(self) -> "ScoreConfig":
         problems = []
@@ -103,103 +139,121 @@ class ScoreConfig:
             problems.append("--v2s-min-words must not be negative")
         if self.dtype not in DTYPES:
             problems.append(f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
-        for name in ("min_pixels", "max_pixels", "max_image_pixels", "video_max_pixels", "max_bytes",
-                     "concurrency", "batch_size", "decode_batch_size", "fetch_attempts", "rows_per_file",
-                     "max_crashes"):
-            if getattr(self, name) < 1:
-                problems.append(f"--{name.replace('_', '-')} must be at least 1")
+        problems += _at_least_one(self, ("min_pixels", "max_pixels", "max_image_pixels", "video_max_pixels",
+                                         "max_bytes", "concurrency", "batch_size", "decode_batch_size",
+                                         "fetch_attempts", "rows_per_file", "max_crashes"))
         if self.min_pixels > self.max_pixels:
             problems.append("--min-pixels must not exceed --max-pixels")
         if not self.video_fps > 0:
             problems.append("--video-fps must be positive")
-        if self.video_decoder not in VIDEO_DECODERS:
-            problems.append(f"--video-decoder {self.video_decoder!r}: choose one of {', '.join(VIDEO_DECODERS)}")
+        if self.video_decoder not in media.VIDEO_DECODERS:
+            problems.append(f"--video-decoder {self.video_decoder!r}: choose one of {', '.join(media.VIDEO_DECODERS)}")
         if self.num_cpus_per_actor < 0 or (self.num_gpus_per_actor is not None and self.num_gpus_per_actor < 0):
             problems.append("--num-cpus-per-actor and --num-gpus-per-actor must not be negative")
         if not 0 < self.gpu_memory_utilization <= 1:
             problems.append("--gpu-memory-utilization must be in (0, 1]")
-        if _looks_local(self.model) and not os.path.isdir(_strip_file(self.model)):
+        if looks_local(self.model) and not os.path.isdir(strip_file(self.model)):
             problems.append(f"--model {self.model!r}: no such model directory (give a local directory or a Hugging Face id)")
-        if self.input.rstrip("/") == self.output.rstrip("/"):
-            problems.append("--output must differ from --input")
-        if self.s3_endpoint and not self.s3_endpoint.startswith(("http://", "https://")):
-            problems.append("--s3-endpoint must be an http:// or https:// URL")
-        if problems:
-            raise ConfigError("invalid options:\n  " + "\n  ".join(problems))
+        _raise_problems(problems + _io_problems(self))
         return self
 
 
-def _strip_file(path: str) -> str:
+def strip_file(path: str) -> str:
     return path[len("file://"):] if path.startswith("file://") else path
 
 
-def _looks_local(model: str) -> bool:
+def looks_local(model: str) -> bool:
     """A path (absolute, relative with ./ or ../, file://, or existing) rather than a hub id."""
     return model.startswith(("/", "./", "../", "~", "file://")) or os.path.exists(model)
 
 
-def _aspects(value: str) -> tuple[str, ...]:
-    return tuple(a.strip() for a in value.split(",") if a.strip())
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="jobs/score.py",
+def score_parser():
+    return build_parser(
+        ScoreConfig, prog="jobs/score.py",
         description="Score images and videos for visual quality and text alignment with Q-Eval-Score on Ray.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        allow_abbrev=False,
-    )
-    io = p.add_argument_group("input and output")
-    io.add_argument("--input", required=True, help="manifest: parquet/jsonl/csv file, directory or glob (local, file://, s3://, gs://)")
-    io.add_argument("--output", required=True, help="output directory; scores go to OUTPUT/scores/*.parquet")
-    m = p.add_argument_group("model")
-    m.add_argument("--model", default=DEFAULT_MODEL, help="Hugging Face id or local directory of the scorer")
-    m.add_argument("--revision", default=None, help="model revision (branch, tag or commit) to pin")
-    m.add_argument("--engine", default="vllm", help=f"scoring engine: {' | '.join(ENGINE_NAMES)}")
-    m.add_argument("--aspects", type=_aspects, default=ASPECTS, help="comma-separated: quality,alignment")
-    m.add_argument("--dtype", default="auto", help="auto (float16 on GPU as the reference, float32 on CPU) | " + " | ".join(DTYPES[1:]))
-    m.add_argument("--max-model-len", type=int, default=None, help="vLLM: context length (default: the model's)")
-    m.add_argument("--enforce-eager", action="store_true", help="vLLM: no CUDA graphs / torch.compile (fast start; use on CPU)")
-    m.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vLLM: share of GPU memory to use")
-    m.add_argument("--max-num-batched-tokens", type=int, default=None, help="vLLM: tokens per engine step")
-    v = p.add_argument_group("vague-to-specific (long prompts' alignment in parts)")
-    v.add_argument("--v2s", action="store_true",
-                   help="score the alignment of prompts longer than --v2s-min-words words in parts, from the "
-                        "manifest's v2s_vague (text) and v2s_specific (list of texts) columns")
-    v.add_argument("--v2s-vague-weight", type=float, default=DEFAULT_VAGUE_WEIGHT,
-                   help="alignment = w * vague + (1 - w) * mean(specific)")
-    v.add_argument("--v2s-min-words", type=int, default=DEFAULT_MIN_WORDS,
-                   help="prompts of more words than this are scored in parts (the paper's 25)")
-    d = p.add_argument_group("media")
-    d.add_argument("--min-pixels", type=int, default=DEFAULT_MIN_PIXELS, help="image: smart_resize lower bound")
-    d.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="image: smart_resize upper bound (the reference's default)")
-    d.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS, help="refuse source images larger than this (decompression bombs)")
-    d.add_argument("--video-fps", type=float, default=DEFAULT_VIDEO_FPS, help="video: frames sampled per second (the reference's)")
-    d.add_argument("--video-max-pixels", type=int, default=DEFAULT_VIDEO_MAX_PIXELS, help="video: pixel cap per frame (the reference's)")
-    d.add_argument("--video-decoder", default="auto", help="auto (PyAV, decord fallback) | pyav | decord")
-    d.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="refuse media objects larger than this")
-    s = p.add_argument_group("storage")
-    s.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint URL (default: AWS_ENDPOINT_URL or AWS)")
-    s.add_argument("--fetch-attempts", type=int, default=5, help="tries per media object on transient storage errors")
-    r = p.add_argument_group("ray")
-    r.add_argument("--concurrency", type=int, default=1, help="scoring actors (one engine each)")
-    r.add_argument("--num-gpus-per-actor", type=float, default=None, help="default: 1 if the cluster has GPUs, else 0")
-    r.add_argument("--num-cpus-per-actor", type=float, default=1.0, help="CPUs reserved per scoring actor (fractions allowed)")
-    r.add_argument("--batch-size", type=int, default=16, help="items per scoring call")
-    r.add_argument("--decode-batch-size", type=int, default=4, help="items per decode task")
-    r.add_argument("--ray-address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local instance)")
-    p.add_argument("--start-over", action="store_true",
-                   help="replace what --output holds; by default a rerun resumes an unfinished run, "
-                        "and refuses an output made with other options or another manifest")
-    p.add_argument("--rows-per-file", type=int, default=2000,
-                   help="rows per score file; a killed run loses at most the unwritten files' work")
-    p.add_argument("--max-crashes", type=int, default=3,
-                   help="an item that crashes a scoring actor this many times becomes a score_error row")
-    p.add_argument("--no-report", dest="report", action="store_false",
-                   help="skip the correlation report (made when the manifest has quality_mos/alignment_mos)")
-    return p
+        groups=(_IO, _MODEL, _MEDIA, _V2S, _STORAGE, _RAY, _RUNS))
 
 
 def parse_score_args(argv: list[str] | None = None) -> ScoreConfig:
-    args = vars(build_parser().parse_args(argv))
-    return ScoreConfig(**args).validate()
+    return parse_config(ScoreConfig, score_parser(), argv).validate()
+
+
+# --- the correlation report (jobs/report.py) -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    scores: str = option(help="the score job's output directory (or its scores/ directory)")
+    output: str = option(help="report directory (report.json, report.md, *.png)")
+    labels: str | None = option(None, metavar="FILE", help="parquet/csv/jsonl with id and quality_mos/alignment_mos, "
+                                "joined on id where the scores carry no label")
+    by: str = option(ReportOptions.group_by, metavar="COLUMN", help="the generator column for model-level figures")
+    bootstrap: int = option(MetricOptions.bootstrap, help="bootstrap resamples per interval (0: none)")
+    bootstrap_max_n: int = option(MetricOptions.bootstrap_max_n, help="above this many pairs, Fisher-z intervals")
+    seed: int = option(MetricOptions.seed, help="bootstrap seed")
+    long_prompt_words: int = option(LONG_PROMPT_WORDS, help="the long-prompt subset: more words than this")
+    plots: bool = option(True, flag="--no-plots", help="skip the PNG plots")
+    allow_incomplete: bool = option(False, help="report on scores of an unfinished run")
+    s3_endpoint: str | None = option(None, metavar="URL", help="S3-compatible endpoint URL")
+
+    @property
+    def storage(self) -> StorageOptions:
+        return StorageOptions(s3_endpoint=self.s3_endpoint)
+
+    @property
+    def report_options(self) -> ReportOptions:
+        return ReportOptions(group_by=self.by, long_prompt_words=self.long_prompt_words, labels=self.labels,
+                             plots=self.plots, metrics=MetricOptions(bootstrap=self.bootstrap, seed=self.seed,
+                                                                     bootstrap_max_n=self.bootstrap_max_n))
+
+
+def parse_report_args(argv: list[str] | None = None) -> ReportConfig:
+    parser = build_parser(ReportConfig, prog="jobs/report.py", description=(
+        "Correlation report (SRCC, KRCC, PLCC, logistic fit, bootstrap CIs) of scores against MOS."))
+    return parse_config(ReportConfig, parser, argv)
+
+
+# --- the V2S rewrite (jobs/v2s_parts.py) ---------------------------------------------------------
+
+DEFAULT_REWRITER = "Qwen/Qwen2.5-7B-Instruct"
+
+
+@dataclass(frozen=True)
+class RewriteConfig:
+    input: str = option(help="manifest: parquet/jsonl/csv file, directory or glob")
+    output: str = option(help="a new directory: the manifest with v2s_* columns, as parquet")
+    model: str = option(DEFAULT_REWRITER, help="instruction LLM: Hugging Face id or local directory")
+    min_words: int = option(LONG_PROMPT_WORDS, help="rewrite prompts of more words than this")
+    max_specific: int = option(6, help="at most this many specific parts per prompt")
+    max_part_chars: int = option(300, help="at most this many characters per part")
+    max_tokens: int = option(1024, help="tokens per answer")
+    redo: bool = option(False, help="rewrite rows that already have parts")
+    concurrency: int = option(1, help="LLM engines (one GPU each)")
+    batch_size: int = option(32, help="prompts per engine batch")
+    dtype: str = option("auto", choices=DTYPES, help="auto: the model's own on GPUs, float32 on CPU")
+    max_model_len: int | None = option(None, parse=int, help="vLLM: context length")
+    enforce_eager: bool = option(False, help="vLLM: no CUDA graphs (fast start; use on CPU)")
+    s3_endpoint: str | None = option(None, metavar="URL", help="S3-compatible endpoint URL")
+    ray_address: str | None = option(None, metavar="ADDRESS", help="Ray cluster address (else RAY_ADDRESS, else local)")
+
+    def validate(self) -> "RewriteConfig":
+        problems = _at_least_one(self, ("concurrency", "batch_size", "max_tokens", "max_specific", "max_part_chars"))
+        if self.max_specific > MAX_SPECIFIC:
+            problems.append(f"--max-specific must not exceed {MAX_SPECIFIC} (what the score job accepts)")
+        if self.min_words < 0:
+            problems.append("--min-words must not be negative")
+        if self.dtype not in DTYPES:
+            problems.append(f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
+        _raise_problems(problems + _io_problems(self))
+        return self
+
+    @property
+    def storage(self) -> StorageOptions:
+        return StorageOptions(s3_endpoint=self.s3_endpoint)
+
+
+def parse_rewrite_args(argv: list[str] | None = None) -> RewriteConfig:
+    parser = build_parser(RewriteConfig, prog="jobs/v2s_parts.py", description=(
+        "Write the Vague-to-Specific parts of a manifest's long prompts with an instruction LLM "
+        "(vLLM through Ray Data), for jobs/score.py --v2s."))
+    return parse_config(RewriteConfig, parser, argv).validate()

@@ -129,7 +129,6 @@ class VideoClip:
     source_fps: float
     source_frames: int
     sample_fps: float
-    decoder: str
 
 
 def _vision_process():
@@ -291,7 +290,7 @@ def _decode_decord(data: bytes, options: VideoOptions) -> VideoClip:
         for i in indices:
             sampler.add(reader.get_batch([i]).asnumpy()[0])
         frames = sampler.result()
-    return VideoClip(frames, indices, fps, total, _sample_fps(len(indices), total, fps), "decord")
+    return VideoClip(frames, indices, fps, total, _sample_fps(len(indices), total, fps))
 
 
 def _decode_pyav(data: bytes, options: VideoOptions) -> VideoClip:
@@ -322,7 +321,7 @@ def _decode_pyav(data: bytes, options: VideoOptions) -> VideoClip:
                     sampler.add(rgb)
             if i >= indices[-1]:
                 break
-    return VideoClip(sampler.result(), indices, fps, total, _sample_fps(len(indices), total, fps), "pyav")
+    return VideoClip(sampler.result(), indices, fps, total, _sample_fps(len(indices), total, fps))
 
 
 def _sample_fps(n: int, total: int, fps: float) -> float:

@@ -1,104 +1,88 @@
-"""The whole job on one screen: read -> decode -> score -> write -> summarise -> report.
+"""The score job on one screen: read -> decode -> score -> write -> summary (-> report).
 
-Each stage lives in the module named after it; this file only wires them into one Ray Data flow.
+Each stage lives in ``qeval_ray/stages/`` in the module named after it and declares the columns
+it needs and adds and the Ray resources it asks for; this file lists them in order and runs them
+as one streaming Ray Data flow.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import os
 import time
 
-import ray
-import ray.data
-
+from qeval_ray import runtime, storage
 from qeval_ray.config import ScoreConfig
-from qeval_ray.decode import DecodeOptions, DecodeStage
-from qeval_ray.manifest import open_manifest
-from qeval_ray.media import ImageOptions, VideoOptions
-from qeval_ray.output import OutputLayout, RunSummary, checkpointing, summarize, write_scores
-from qeval_ray.provenance import engine_config, make_provenance, requested, run_fingerprint
-from qeval_ray.schema import decoded_schema, output_schema
-from qeval_ray.scoring import ScoreStage, ScoringOptions, start_crash_ledger
-
+from qeval_ray.contracts.layout import OutputLayout, RunState
+from qeval_ray.provenance import engine_config, make_provenance, run_fingerprint, score_settings
+from qeval_ray.stages.base import Resources, StageSpec, check_plan
+from qeval_ray.stages.crash_ledger import start_crash_ledger
+from qeval_ray.stages.decode import DecodeOptions, decode_stage
+from qeval_ray.stages.read import Manifest, open_manifest, read_rows
+from qeval_ray.stages.score import ScoringOptions, score_stage
+from qeval_ray.stages.write import checkpointing, write_scores
+from qeval_ray.summary import RunSummary, summarize
+from qeval_ray.testing.faults import FaultInjection
 
 ALREADY_COMPLETE = "already complete; nothing to do (--start-over to score again)"
 
 
-def run(config: ScoreConfig) -> RunSummary:
+def score_stages(config: ScoreConfig, manifest: Manifest, scoring: ScoringOptions, gpus: float) -> list[StageSpec]:
+    """The stages between reading the manifest and writing the scores, in order."""
+    scorer = config.scorer
+    return [
+        decode_stage(DecodeOptions(config.image, config.video, config.max_bytes, manifest.base_dir, config.storage),
+                     scorer, manifest.schema, batch_size=config.decode_batch_size),
+        score_stage(scoring, scorer, manifest.schema, actors=config.concurrency, batch_size=config.batch_size,
+                    resources=Resources(cpus=config.num_cpus_per_actor, gpus=gpus)),
+    ]
+
+
+def run_score_job(config: ScoreConfig) -> RunSummary:
     started = time.time()
     manifest = open_manifest(config.input, config.storage, needs_v2s=config.v2s)  # ManifestError before any work
     layout = OutputLayout(config.output, config.storage)
     layout.check_writable()  # an output this run could never write stops it now
-    if not config.start_over and layout.completed_by(requested(config, manifest)):
-        return dataclasses.replace(layout.existing_summary(), note=ALREADY_COMPLETE)
-    _init_ray(config)
-    gpus = config.num_gpus_per_actor
-    if gpus is None:
-        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    settings = score_settings(config, manifest)
+    if not config.start_over and layout.completed_by(settings):  # decided before Ray starts
+        return RunSummary.of_finished_run(layout, note=ALREADY_COMPLETE)
+
+    # A local instance needs a CPU for each scoring actor, the checkpoint filter of a resumed run
+    # and at least one decode task, or the run would wait forever.
+    runtime.start_ray(config.ray_address, local_cpus=math.ceil(config.concurrency * config.num_cpus_per_actor) + 2)
+    gpus = config.num_gpus_per_actor if config.num_gpus_per_actor is not None else float(runtime.cluster_has_gpus())
     engine = engine_config(config, gpus)
     provenance = make_provenance(config, engine)
-    # fresh / resume / complete; refuses an output made differently (RunMismatch) unless start_over
-    state = layout.begin(run_fingerprint(config, provenance, manifest), config.start_over,
-                         requested(config, manifest))
-    if state == "complete":
-        return dataclasses.replace(layout.existing_summary(), note=ALREADY_COMPLETE)
+    # Refuses an output made differently (RunMismatch) unless start_over.
+    if layout.begin(run_fingerprint(config, provenance, manifest), config.start_over, settings) is RunState.COMPLETE:
+        return RunSummary.of_finished_run(layout, note=ALREADY_COMPLETE)
 
-    decode = DecodeStage(
-        DecodeOptions(
-            image=ImageOptions(config.min_pixels, config.max_pixels, config.max_image_pixels),
-            video=VideoOptions(config.video_fps, config.video_max_pixels, config.video_decoder),
-            max_bytes=config.max_bytes,
-            base_dir=manifest.base_dir,
-            storage=config.storage,
-            v2s=config.v2s_options,
-        ),
-        decoded_schema(manifest.schema),
-        manifest.schema,
-    )
     ledger = start_crash_ledger()  # which batch was in flight when a scoring actor died
-    scoring = ScoringOptions(config.engine, engine, config.aspects, provenance, config.storage,
-                             crash_ledger=ledger, max_crashes=config.max_crashes, v2s=config.v2s_options)
-
+    scoring = ScoringOptions(config.engine, engine, provenance, config.storage, crash_ledger=ledger,
+                             max_crashes=config.max_crashes, faults=FaultInjection.from_environment())
+    stages = score_stages(config, manifest, scoring, gpus)
+    check_plan(stages, manifest.schema.names)
+    _show_progress()
     with checkpointing(layout):  # resumable: written ids are skipped by the read of a rerun
-        ds = manifest.read()
-        # Small blocks: decode tasks run in parallel however the manifest is laid out, actors
-        # share the work, and scores are committed file by file as they come (a crash loses little).
-        ds = ds.repartition(target_num_rows_per_block=config.decode_batch_size)
-        ds = ds.map_batches(decode, batch_size=config.decode_batch_size, batch_format="pyarrow",
-                            udf_modifying_row_count=False)
-        ds = ds.map_batches(
-            ScoreStage,
-            fn_constructor_kwargs={"options": scoring, "schema": output_schema(manifest.schema)},
-            # Two batches in flight per actor: the next is queued while one scores, and a pool
-            # still spreads a small corpus over all its actors.
-            compute=ray.data.ActorPoolStrategy(size=config.concurrency, max_tasks_in_flight_per_actor=2),
-            batch_size=config.batch_size, batch_format="pyarrow", udf_modifying_row_count=False,
-            num_cpus=config.num_cpus_per_actor, num_gpus=gpus,
-        )
-        before = layout.score_files()
-        write_scores(ds, layout, config.rows_per_file)
-    written = sum(rows for name, rows in layout.score_files().items() if name not in before)
+        ds = read_rows(manifest, rows_per_block=config.decode_batch_size)
+        for stage in stages:
+            ds = stage.apply(ds)
+        written = write_scores(ds, layout, config.rows_per_file)
+
+    import ray
+
     summary = summarize(layout, manifest, config, provenance, started, rows_this_run=written,
                         scoring_actor_crashes=ray.get(ledger.crash_events.remote()))
     if config.report and manifest.has_labels:
-        from qeval_ray.report import ReportOptions, make_report  # scipy/matplotlib: only when needed
+        from qeval_ray.report.options import ReportOptions
+        from qeval_ray.report.report import REPORT_MARKDOWN, make_report  # scipy, matplotlib: only when needed
 
         make_report(layout.uri, layout.report, ReportOptions(), config.storage, provenance.as_dict())
-        summary.report = f"{layout.report}/report.md"
-    layout.finish(summary)  # summary.json last: its presence means the run completed
+        summary.report = storage.join(layout.report, REPORT_MARKDOWN)
+    layout.write_summary(summary.to_json())  # summary.json last: its presence means the run completed
     return summary
 
 
-def _init_ray(config: ScoreConfig) -> None:
-    if ray.is_initialized():
-        pass
-    elif config.ray_address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=config.ray_address, log_to_driver=True)
-    else:
-        # A local instance: enough logical CPUs for the scoring actors, the checkpoint filter actor
-        # of a resumed run and at least one decode task, or the run would wait forever.
-        needed = math.ceil(config.concurrency * config.num_cpus_per_actor) + 2
-        ray.init(num_cpus=max(os.cpu_count() or 1, needed), include_dashboard=False, log_to_driver=True)
+def _show_progress() -> None:
+    import ray.data
+
     ray.data.DataContext.get_current().enable_progress_bars = True

@@ -1,34 +1,30 @@
-"""What produced the scores: scorer model and revision, prompt version, engine, dtype, code.
+"""What produced the scores, and what a rerun must match to resume: computed once on the driver.
 
-Computed once on the driver and written on every output row and into the run summary, so a score
-file can always be traced to the exact model and code that made it.
+The provenance (scorer model and revision, prompt version, engine, dtype, code) is written on
+every output row and into the run summary, so a score file can always be traced to the exact
+model and code that made it. The run fingerprint (the settings the scores depend on, plus the
+resolved provenance) decides whether a rerun into the same output may resume.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 from pathlib import Path
 
-from qeval_ray import __version__
-from qeval_ray import storage
-from qeval_ray.config import ConfigError, ScoreConfig, _looks_local, _strip_file
+from qeval_ray import __version__, runtime, storage
+from qeval_ray.config import ConfigError, ScoreConfig, looks_local, strip_file
+from qeval_ray.contracts.schema import Provenance
 from qeval_ray.engines.base import EngineConfig
-from qeval_ray.prompts import PROMPT_VERSION
-from qeval_ray.schema import Provenance
 from qeval_ray.storage import StorageOptions
 
 
 def engine_config(config: ScoreConfig, gpus: float) -> EngineConfig:
-    dtype = config.dtype
-    if dtype == "auto":
-        dtype = "float16" if gpus > 0 else "float32"  # the reference runs float16 on GPU
-    model = _strip_file(config.model) if _looks_local(config.model) else config.model
+    model = strip_file(config.model) if looks_local(config.model) else config.model
     return EngineConfig(
         model=model,
         revision=config.revision,
-        dtype=dtype,
+        dtype=runtime.resolve_dtype(config.dtype, on_gpu=gpus > 0, gpu_default="float16"),  # the reference's
         device="cuda" if gpus > 0 else "cpu",
         max_model_len=config.max_model_len,
         enforce_eager=config.enforce_eager,
@@ -45,14 +41,7 @@ def model_revision(model: str, revision: str | None, options: StorageOptions) ->
         except OSError as e:
             raise ConfigError(f"--model {storage.redact(model)}: cannot read it ({type(e).__name__}: {e})") from e
     if os.path.isdir(model):
-        root = Path(model)
-        digest = hashlib.sha256()
-        for path in sorted(root.iterdir()):
-            if path.is_file():
-                digest.update(f"{path.name}:{path.stat().st_size}\n".encode())
-                if path.suffix == ".json":
-                    digest.update(path.read_bytes())
-        return "local-sha256:" + digest.hexdigest()[:16]
+        return "local-sha256:" + storage.fingerprint(model)
     if os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0"):
         return revision or "unresolved"
     try:
@@ -63,7 +52,7 @@ def model_revision(model: str, revision: str | None, options: StorageOptions) ->
         return revision or "unresolved"
 
 
-def requested(config: ScoreConfig, manifest) -> dict:
+def score_settings(config: ScoreConfig, manifest) -> dict:
     """What the command asks for that the scores depend on (before anything is resolved)."""
     asked = {
         "model": storage.redact(config.model), "revision": config.revision, "engine": config.engine,
@@ -81,7 +70,7 @@ def requested(config: ScoreConfig, manifest) -> dict:
 def run_fingerprint(config: ScoreConfig, provenance: Provenance, manifest) -> dict:
     """Everything the scores depend on, resolved; a rerun with another fingerprint must not resume."""
     resolved = {k: v for k, v in provenance.as_dict().items() if k != "code_version"}
-    return {**requested(config, manifest), **resolved}
+    return {**score_settings(config, manifest), **resolved}
 
 
 def code_version() -> str:
@@ -102,7 +91,7 @@ def make_provenance(config: ScoreConfig, engine: EngineConfig) -> Provenance:
     return Provenance(
         scorer_model=storage.redact(config.model),
         scorer_revision=model_revision(engine.model, config.revision, config.storage),
-        prompt_version=PROMPT_VERSION,
+        prompt_version=config.scorer.version,
         engine=config.engine,
         dtype=engine.dtype,
         code_version=code_version(),

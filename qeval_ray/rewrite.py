@@ -12,65 +12,37 @@ the output is read back as a manifest whose ids must equal the input's.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-from dataclasses import dataclass
+from typing import Final
 
 import pyarrow as pa
 
-from qeval_ray import storage, v2s
-from qeval_ray.config import ConfigError
-from qeval_ray.manifest import open_manifest
-from qeval_ray.prompts import V2S_REWRITE_INSTRUCTION, V2S_REWRITE_VERSION
-from qeval_ray.schema import V2S_SPECIFIC, V2S_VAGUE, conform
-from qeval_ray.stage import RowAccountingError
+from qeval_ray import runtime, storage, v2s
+from qeval_ray.config import ConfigError, RewriteConfig
+from qeval_ray.contracts.schema import PROMPT, URI, V2S_SPECIFIC, V2S_VAGUE, conform
+from qeval_ray.stages.base import RowAccountingError
+from qeval_ray.stages.read import open_manifest
 
-DEFAULT_REWRITER = "Qwen/Qwen2.5-7B-Instruct"
 REWRITE_ERROR = "v2s_rewrite_error"  # why a long prompt got no parts (null where it got them)
 REWRITER = "v2s_rewriter"  # the model and instruction version that wrote a row's parts
 _INFERENCE_ERROR = "__inference_error__"  # Ray Data LLM's column for a request the engine failed
 # Ray Data LLM reads some row keys itself ("model" names a LoRA adapter, "prompt" is the templated
 # text): the manifest's columns travel through it under this prefix.
-_HIDE = "qeval__"
+_PASSTHROUGH_PREFIX = "qeval__"
 
-
-@dataclass(frozen=True)
-class RewriteConfig:
-    input: str
-    output: str
-    model: str = DEFAULT_REWRITER
-    min_words: int = v2s.DEFAULT_MIN_WORDS  # prompts of more words than this get parts
-    max_specific: int = 6
-    max_part_chars: int = 300
-    max_tokens: int = 1024
-    redo: bool = False  # rewrite rows that already have parts
-    concurrency: int = 1  # LLM engines (one GPU each on a GPU cluster)
-    batch_size: int = 32
-    dtype: str = "auto"
-    max_model_len: int | None = None
-    enforce_eager: bool = False
-    s3_endpoint: str | None = None
-    ray_address: str | None = None
-
-    def validate(self) -> "RewriteConfig":
-        problems = []
-        for name in ("concurrency", "batch_size", "max_tokens", "max_specific", "max_part_chars"):
-            if getattr(self, name) < 1:
-                problems.append(f"--{name.replace('_', '-')} must be at least 1")
-        if self.max_specific > v2s.MAX_SPECIFIC:
-            problems.append(f"--max-specific must not exceed {v2s.MAX_SPECIFIC} (what the score job accepts)")
-        if self.min_words < 0:
-            problems.append("--min-words must not be negative")
-        if self.input.rstrip("/") == self.output.rstrip("/"):
-            problems.append("--output must differ from --input")
-        if problems:
-            raise ConfigError("invalid options:\n  " + "\n  ".join(problems))
-        return self
-
-    @property
-    def storage(self) -> storage.StorageOptions:
-        return storage.StorageOptions(s3_endpoint=self.s3_endpoint)
+# The instruction that asks an LLM for a long prompt's Vague-to-Specific parts. The paper's own
+# rewriting prompt is not released: this wording is the project's. Parts written with another
+# wording carry another V2S_REWRITE_VERSION in the output.
+V2S_REWRITE_VERSION: Final = "qeval-ray-v2s-v1"
+V2S_REWRITE_INSTRUCTION: Final = (
+    "Split the prompt below, written for an image or video generator, into parts for checking how"
+    " closely a generated image or video follows it. Answer with JSON only:\n"
+    '- "vague": one short sentence naming the main subject and scene of the prompt;\n'
+    '- "specific": up to {max_specific} short sentences, each stating one concrete detail of the prompt'
+    " (an object, an attribute, an action, a relation or a style), together covering all of its details.\n"
+    "Use only what the prompt says.\n\n"
+    'Prompt: "{prompt}"'
+)
 
 
 def answer_schema(config: RewriteConfig) -> dict:
@@ -86,7 +58,7 @@ def answer_schema(config: RewriteConfig) -> dict:
 
 
 def needs_parts(row: dict, config: RewriteConfig) -> bool:
-    prompt = row.get("prompt")
+    prompt = row.get(PROMPT)
     if not prompt or v2s.word_count(prompt) <= config.min_words:
         return False
     return config.redo or not (row.get(V2S_VAGUE) or row.get(V2S_SPECIFIC))
@@ -116,8 +88,8 @@ def _output_schema(manifest_schema: pa.Schema) -> pa.Schema:
     return pa.schema([f for f in manifest_schema if f.name not in names] + ours)
 
 
-class _Finish:
-    """The LLM's rows -> the output manifest's columns, each answer read and checked."""
+class _ReadAnswers:
+    """The LLM's rows -> the output manifest's rows, each answer read and checked."""
 
     def __init__(self, schema: pa.Schema, rewriter: str, max_tokens: int):
         self.schema, self.rewriter, self.max_tokens = schema, rewriter, max_tokens
@@ -125,36 +97,29 @@ class _Finish:
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = []
         for row in batch.to_pylist():
-            out = {name: row.get(_HIDE + name) for name in self.schema.names}
+            out = {name: row.get(_PASSTHROUGH_PREFIX + name) for name in self.schema.names}
             error = row.get(_INFERENCE_ERROR) or None
             if error:
                 vague, specific, error = None, None, f"the LLM failed on this prompt: {error}"
             else:
                 cut_off = (row.get("num_generated_tokens") or 0) >= self.max_tokens
-                vague, specific, error = read_answer(row.get("generated_text"), out["prompt"], cut_off)
+                vague, specific, error = read_answer(row.get("generated_text"), out[PROMPT], cut_off)
             out.update({V2S_VAGUE: vague, V2S_SPECIFIC: specific, REWRITER: self.rewriter, REWRITE_ERROR: error})
             rows.append(out)
         return pa.Table.from_pylist(rows, schema=self.schema)
 
 
-def run(config: RewriteConfig) -> dict:
-    import ray
-    import ray.data
+def run_rewrite_job(config: RewriteConfig) -> dict:
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
     manifest = open_manifest(config.input, config.storage)  # ManifestError before any work
     fs, out_path = storage.filesystem(config.output, config.storage)
     if fs.exists(out_path) and fs.ls(out_path):
         raise ConfigError(f"--output {storage.redact(config.output)} is not empty; choose another or delete it")
-    address = config.ray_address or os.environ.get("RAY_ADDRESS")
-    if ray.is_initialized():
-        pass
-    elif address:
-        ray.init(address=address)
-    else:  # a local instance: Ray Data LLM runs chat-template, tokenize, engine and detokenize actors
-        # per engine, each asking for a CPU, besides the read and write tasks (logical CPUs suffice)
-        ray.init(num_cpus=max(os.cpu_count() or 1, 5 * config.concurrency + 3), include_dashboard=False)
-    gpus = ray.cluster_resources().get("GPU", 0) > 0
+    # Ray Data LLM runs chat-template, tokenize, engine and detokenize actors per engine, each
+    # asking for a CPU, besides the read and write tasks.
+    runtime.start_ray(config.ray_address, local_cpus=5 * config.concurrency + 3)
+    gpus = runtime.cluster_has_gpus()
     schema = _output_schema(manifest.schema)
     rewriter = f"{storage.redact(config.model)} ({V2S_REWRITE_VERSION})"
     instruction_schema = answer_schema(config)
@@ -164,7 +129,7 @@ def run(config: RewriteConfig) -> dict:
             model_source=config.model,
             engine_kwargs={
                 # auto: the model's own dtype on GPUs (bfloat16 for today's instruction models)
-                "dtype": ("auto" if gpus else "float32") if config.dtype == "auto" else config.dtype,
+                "dtype": runtime.resolve_dtype(config.dtype, on_gpu=gpus, gpu_default="auto"),
                 "max_model_len": config.max_model_len, "enforce_eager": config.enforce_eager,
                 # No JSON whitespace: a model cannot pad an answer with blanks until --max-tokens.
                 "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
@@ -177,11 +142,11 @@ def run(config: RewriteConfig) -> dict:
         ),
         preprocess=lambda row: {
             "messages": [{"role": "user", "content": V2S_REWRITE_INSTRUCTION.format(
-                max_specific=config.max_specific, prompt=row[_HIDE + "prompt"])}],
+                max_specific=config.max_specific, prompt=row[_PASSTHROUGH_PREFIX + PROMPT])}],
             "sampling_params": {"temperature": 0.0, "max_tokens": config.max_tokens,
                                 "structured_outputs": {"json": instruction_schema}},
         },
-        postprocess=lambda row: {**{_HIDE + n: row.get(_HIDE + n) for n in schema.names},
+        postprocess=lambda row: {**{_PASSTHROUGH_PREFIX + n: row.get(_PASSTHROUGH_PREFIX + n) for n in schema.names},
                                  "generated_text": row["generated_text"],
                                  "num_generated_tokens": row["num_generated_tokens"], _INFERENCE_ERROR: ""},
     )
@@ -192,15 +157,15 @@ def run(config: RewriteConfig) -> dict:
     def absolute_uris(batch: pa.Table) -> pa.Table:
         # the output lives elsewhere: relative media paths would no longer resolve from it
         batch = conform(batch, schema)
-        uris = [None if u is None else storage.resolve(u, manifest.base_dir) for u in batch.column("uri").to_pylist()]
-        return batch.set_column(batch.schema.get_field_index("uri"), "uri", pa.array(uris, pa.string()))
+        uris = [None if u is None else storage.resolve(u, manifest.base_dir) for u in batch.column(URI).to_pylist()]
+        return batch.set_column(batch.schema.get_field_index(URI), URI, pa.array(uris, pa.string()))
 
     ds = manifest.read().map_batches(absolute_uris, batch_format="pyarrow")
     todo = ds.filter(lambda row: needs_parts(row, config))
     out = ds.filter(lambda row: not needs_parts(row, config))
     if todo.count():  # no engine is started for a manifest without long prompts
-        hidden = todo.rename_columns({name: _HIDE + name for name in schema.names})
-        finish = _Finish(schema, rewriter, config.max_tokens)
+        hidden = todo.rename_columns({name: _PASSTHROUGH_PREFIX + name for name in schema.names})
+        finish = _ReadAnswers(schema, rewriter, config.max_tokens)
         out = processor(hidden).map_batches(finish, batch_format="pyarrow").union(out)
     # last: row-wise steps retype a column that is null throughout a block
     out = out.map_batches(conform_batch, batch_format="pyarrow")
@@ -224,31 +189,3 @@ def _summary(config: RewriteConfig, rows: int, rewriter: str) -> dict:
     return {"rows": rows, "rewritten": asked - failed.num_rows, "failed": failed.num_rows,
             "error_examples": sorted(set(failed.column(REWRITE_ERROR).to_pylist()))[:3],
             "rewriter": rewriter, "output": storage.redact(config.output)}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="jobs/v2s_parts.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False,
-        description="Write the Vague-to-Specific parts of a manifest's long prompts with an instruction LLM "
-                    "(vLLM through Ray Data), for jobs/score.py --v2s.")
-    p.add_argument("--input", required=True, help="manifest: parquet/jsonl/csv file, directory or glob")
-    p.add_argument("--output", required=True, help="a new directory: the manifest with v2s_* columns, as parquet")
-    p.add_argument("--model", default=DEFAULT_REWRITER, help="instruction LLM: Hugging Face id or local directory")
-    p.add_argument("--min-words", type=int, default=v2s.DEFAULT_MIN_WORDS, help="rewrite prompts of more words")
-    p.add_argument("--max-specific", type=int, default=6, help="at most this many specific parts per prompt")
-    p.add_argument("--max-part-chars", type=int, default=300, help="at most this many characters per part")
-    p.add_argument("--max-tokens", type=int, default=1024, help="tokens per answer")
-    p.add_argument("--redo", action="store_true", help="rewrite rows that already have parts")
-    p.add_argument("--concurrency", type=int, default=1, help="LLM engines (one GPU each)")
-    p.add_argument("--batch-size", type=int, default=32, help="prompts per engine batch")
-    p.add_argument("--dtype", default="auto", help="auto: the model's own on GPU, float32 on CPU")
-    p.add_argument("--max-model-len", type=int, default=None, help="vLLM: context length")
-    p.add_argument("--enforce-eager", action="store_true", help="vLLM: no CUDA graphs (fast start; use on CPU)")
-    p.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint URL")
-    p.add_argument("--ray-address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local)")
-    return p
-
-
-def parse_rewrite_args(argv: list[str] | None = None) -> RewriteConfig:
-    return RewriteConfig(**vars(build_parser().parse_args(argv))).validate()
-

@@ -26,6 +26,7 @@ import fsspec
 import pyarrow.fs as pafs
 
 LOCAL_PROTOCOLS = ("file", "local")
+DEFAULT_MAX_BYTES = 2 * 1024**3  # media objects larger than this are refused before they are read
 # Errors that retrying cannot fix.
 _PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 _PERMANENT_ERRNOS = {errno.EINVAL, errno.ENAMETOOLONG, errno.EMSGSIZE, errno.ENOENT, errno.EACCES, errno.EPERM}
@@ -53,11 +54,10 @@ DEFAULT = StorageOptions()
 
 
 class StorageError(Exception):
-    """A uri could not be read or written; ``kind`` says why in one word (not_found, denied, ...)."""
+    """A uri could not be read; the message says why, ``retries`` how many transient errors came first."""
 
-    def __init__(self, kind: str, message: str, retries: int = 0):
+    def __init__(self, message: str, retries: int = 0):
         super().__init__(message)
-        self.kind = kind
         self.retries = retries
 
 
@@ -182,15 +182,14 @@ def read_bytes(uri: str, max_bytes: int, options: StorageOptions = DEFAULT) -> t
         except Exception as e:  # noqa: BLE001 - storage libraries raise many types; classify them
             shown = redact(uri)
             if isinstance(e, FileNotFoundError):
-                raise StorageError("not_found", f"not found: {shown}", retries) from e
+                raise StorageError(f"not found: {shown}", retries) from e
             if isinstance(e, PermissionError):
-                raise StorageError("denied", f"access denied: {shown}", retries) from e
+                raise StorageError(f"access denied: {shown}", retries) from e
             if isinstance(e, IsADirectoryError):
-                raise StorageError("not_a_file", f"is a directory, not a file: {shown}", retries) from e
+                raise StorageError(f"is a directory, not a file: {shown}", retries) from e
             if is_permanent(e) or retries + 1 >= options.attempts:
-                kind = "io" if is_permanent(e) else "gave_up"
-                tries = f" after {retries + 1} tries" if kind == "gave_up" else ""
-                raise StorageError(kind, f"cannot read {shown}{tries}: {type(e).__name__}: {e}", retries) from e
+                tries = "" if is_permanent(e) else f" after {retries + 1} tries"
+                raise StorageError(f"cannot read {shown}{tries}: {type(e).__name__}: {e}", retries) from e
             delay = min(options.max_backoff_s, options.backoff_s * 2**retries)
             time.sleep(delay * random.uniform(0.5, 1.0))
             retries += 1
@@ -206,7 +205,7 @@ def _read_once(uri: str, max_bytes: int, options: StorageOptions) -> bytes:
             raise
         data = fs.cat_file(path)  # S3 answers 416 to a range on an empty object: read it whole
     if len(data) > max_bytes:
-        raise StorageError("too_large", f"more than {max_bytes} bytes (--max-bytes)")
+        raise StorageError(f"more than {max_bytes} bytes (--max-bytes)")
     return data
 
 

@@ -6,10 +6,9 @@ same alignment prompt and method as a whole prompt, and the alignment is
 ``w * vague + (1 - w) * mean(specific)``.
 
 The parts come with the manifest (``v2s_vague``: text, ``v2s_specific``: a list of texts), written
-by whichever LLM the user trusts, and pass through to the output, so every V2S score can be traced
-to the texts behind it. This module decides which rows are scored in parts, checks the parts, and
-combines their ratings. The five probabilities are combined with the same weights as the scores,
-so ``alignment`` stays the probabilities dotted with the rating weights, as for every other row.
+by whichever LLM the user trusts (``jobs/v2s_parts.py`` is one), and pass through to the output, so
+every V2S score can be traced to the texts behind it. This module decides which rows are scored in
+parts, checks the parts and weighs them; the scorer scores them.
 """
 
 from __future__ import annotations
@@ -18,11 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qeval_ray.prompts import forbidden_prompt_text
-from qeval_ray.rating import score_from_probabilities
-from qeval_ray.schema import V2S_SPECIFIC, V2S_VAGUE
+from qeval_ray.contracts.schema import V2S_SPECIFIC, V2S_VAGUE
+from qeval_ray.engines.base import forbidden_prompt_text
 
-DEFAULT_MIN_WORDS = 25  # the paper's threshold: prompts of more words are scored in parts
+LONG_PROMPT_WORDS = 25  # the paper's "long prompt": more words than this
 DEFAULT_VAGUE_WEIGHT = 0.5
 MAX_SPECIFIC = 16  # parts per prompt: each one is a prompt to score (bounds one row's cost)
 
@@ -34,7 +32,7 @@ class V2SError(ValueError):
 @dataclass(frozen=True)
 class V2SOptions:
     vague_weight: float = DEFAULT_VAGUE_WEIGHT  # the specific parts' mean gets 1 - vague_weight
-    min_words: int = DEFAULT_MIN_WORDS  # prompts of more words than this are scored in parts
+    min_words: int = LONG_PROMPT_WORDS  # prompts of more words than this are scored in parts
 
 
 def word_count(prompt: str) -> int:
@@ -67,19 +65,10 @@ def parts(prompt: str, vague: str | None, specific: list[str] | None, options: V
     return texts
 
 
-@dataclass(frozen=True)
-class Combined:
-    probabilities: np.ndarray  # (5,): the parts' probabilities, weighted as the scores are
-    vague: float  # the vague part's score
-    specific: list[float]  # each specific part's score
-
-
-def combine(probabilities: np.ndarray, options: V2SOptions) -> Combined:
-    """Rows of ``probabilities`` are the parts, vague first: their weighted combination."""
-    probabilities = np.asarray(probabilities, dtype=np.float64)
-    if probabilities.ndim != 2 or len(probabilities) < 2:
-        raise ValueError(f"expected the vague part and at least one specific part, got shape {probabilities.shape}")
+def weighted(values: np.ndarray, options: V2SOptions) -> np.ndarray:
+    """``w * vague + (1 - w) * mean(specific)`` over the first axis (the parts, vague first)."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim < 1 or len(values) < 2:
+        raise ValueError(f"expected the vague part and at least one specific part, got shape {values.shape}")
     w = options.vague_weight
-    combined = w * probabilities[0] + (1 - w) * probabilities[1:].mean(axis=0)
-    scores = score_from_probabilities(probabilities)
-    return Combined(combined, float(scores[0]), [float(s) for s in scores[1:]])
+    return w * values[0] + (1 - w) * values[1:].mean(axis=0)

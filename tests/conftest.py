@@ -24,7 +24,9 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402
 
-from qeval_ray import media, synthetic  # noqa: E402
+from qeval_ray import media  # noqa: E402
+
+from qeval_ray.testing import synthetic  # noqa: E402
 
 media.import_decord()  # before qwen-vl-utils imports decord: see media.import_decord
 
@@ -37,7 +39,7 @@ MAX_MODEL_LEN = 2048  # vLLM runs: the "too-long" row of the mixed corpus exceed
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
-    from qeval_ray.tiny_model import build
+    from qeval_ray.testing.tiny_model import build
 
     return str(build(tmp_path_factory.mktemp("tiny_model")))
 
@@ -141,7 +143,7 @@ def read_scores(out_dir) -> pa.Table:
 
 
 def assert_probabilities(table: pa.Table, aspect: str) -> None:
-    from qeval_ray.schema import probability_columns
+    from qeval_ray.scorers.qeval import probability_columns
 
     probs = np.array([table.column(c).to_pylist() for c in probability_columns(aspect)], dtype=float).T
     assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-9)

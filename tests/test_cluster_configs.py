@@ -5,7 +5,7 @@ from pathlib import Path
 
 import yaml
 
-from qeval_ray.config import build_parser
+from qeval_ray.config import score_parser
 
 CLUSTER = Path(__file__).resolve().parent.parent / "cluster"
 
@@ -14,7 +14,7 @@ def test_rayjob_entrypoint_is_a_valid_command():
     spec = yaml.safe_load((CLUSTER / "rayjob.yaml").read_text())
     argv = shlex.split(spec["spec"]["entrypoint"])
     assert argv[:2] == ["python", "/app/jobs/score.py"]
-    args = build_parser().parse_args(argv[2:])  # exits (fails the test) on an unknown option
+    args = score_parser().parse_args(argv[2:])  # exits (fails the test) on an unknown option
     assert args.engine == "vllm" and args.output.startswith("s3://")
 
 

@@ -3,9 +3,14 @@
 import numpy as np
 import pytest
 
-from qeval_ray import media, synthetic
-from qeval_ray.engines.base import EngineConfig, Media, ScoreRequest, chat_prompt, load_engine
-from qeval_ray.prompts import context_prompt
+from qeval_ray import media
+
+from qeval_ray.testing import synthetic
+from qeval_ray.engines import load_engine
+from qeval_ray.engines.base import EngineConfig, Media, ScoreRequest, chat_prompt
+from qeval_ray.scorers.qeval import RATING_TOKENS, context_prompt
+
+pytestmark = pytest.mark.slow  # builds an engine
 
 
 @pytest.fixture(scope="module")
@@ -23,20 +28,25 @@ def _image(seed, h=140, w=200):
     return Media("image", media.decode_image(buf.getvalue(), media.ImageOptions(max_pixels=64 * 28 * 28)))
 
 
+def _rate(engine, requests):
+    return engine.next_token_logprobs(requests, engine.token_ids(RATING_TOKENS))
+
+
 def _request(img, aspect="quality", prompt="a red fox in the snow"):
     return ScoreRequest(img, context_prompt(aspect, "image", prompt))
 
 
 def test_the_image_reaches_the_model(hf_engine):
     a, b = _image(1), _image(2)
-    la, lb, la2 = hf_engine.rating_logprobs([_request(a), _request(b), _request(_image(1))])
+    la, lb, la2 = _rate(hf_engine, [_request(a), _request(b), _request(_image(1))])
     assert not np.allclose(la, lb, atol=1e-4)  # different pixels, different ratings
     assert np.allclose(la, la2, atol=1e-6)  # same pixels, same ratings
 
 
 def test_the_prompt_and_aspect_reach_the_model(hf_engine):
     img = _image(3)
-    q, al, other = hf_engine.rating_logprobs(
+    q, al, other = _rate(
+        hf_engine,
         [_request(img, "quality"), _request(img, "alignment"), _request(img, "quality", "a bowl of ramen")]
     )
     assert not np.allclose(q, al, atol=1e-4) and not np.allclose(q, other, atol=1e-4)
@@ -44,8 +54,8 @@ def test_the_prompt_and_aspect_reach_the_model(hf_engine):
 
 def test_batching_and_padding_change_nothing(hf_engine):
     reqs = [_request(_image(s, 60 + 30 * s, 90 + 20 * s), prompt=synthetic.prompt_for(s)) for s in range(5)]
-    batched = hf_engine.rating_logprobs(reqs)
-    single = np.concatenate([hf_engine.rating_logprobs([r]) for r in reqs])
+    batched = _rate(hf_engine, reqs)
+    single = np.concatenate([_rate(hf_engine, [r]) for r in reqs])
     assert np.allclose(batched, single, atol=1e-4)
 
 

@@ -24,7 +24,7 @@ ITEMS = 240
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    from qeval_ray import synthetic
+    from qeval_ray.testing import synthetic
 
     return synthetic.make_corpus(tmp_path_factory.mktemp("fail_corpus"), images=ITEMS, videos=0,
                                  with_errors=False, max_side=96)
@@ -121,7 +121,7 @@ def test_a_killed_scoring_actor_is_replaced(corpus, tiny_model, tmp_path):
 
 
 def test_an_item_that_crashes_the_engine_ends_as_one_error_row(tmp_path, tiny_model):
-    from qeval_ray import synthetic
+    from qeval_ray.testing import synthetic
 
     manifest = synthetic.make_corpus(tmp_path / "c", images=40, videos=0, with_errors=False, max_side=96)
     table = pq.read_table(manifest)
@@ -189,7 +189,7 @@ def test_losing_a_worker_node_loses_and_duplicates_nothing(corpus, tiny_model, t
 
 def test_ray_job_submit_against_a_local_head(tiny_model, tmp_path):
     """The README's commands: `ray start --head`, then `ray job submit --working-dir . -- python jobs/score.py`."""
-    from qeval_ray import synthetic
+    from qeval_ray.testing import synthetic
     from s3server import free_port
 
     manifest = synthetic.make_corpus(tmp_path / "c", images=12, videos=1, with_errors=True, max_side=96)

@@ -33,7 +33,7 @@ def vllm_run(tmp_path_factory, tiny_model, mixed_corpus):
 def hf_run(tmp_path_factory, tiny_model, mixed_corpus, ray_local):
     """The same corpus through the HF engine, in-process (the driver API)."""
     from qeval_ray.config import parse_score_args
-    from qeval_ray.pipeline import run
+    from qeval_ray.pipeline import run_score_job as run
 
     out = tmp_path_factory.mktemp("out_hf")
     config = parse_score_args(job_args(mixed_corpus, out, tiny_model, "hf", "--num-cpus-per-actor", "0.5", "--v2s"))
@@ -159,8 +159,8 @@ def test_long_prompts_are_scored_in_parts_by_both_engines(vllm_run, hf_run):
 
 def test_a_rerun_is_complete_refused_or_started_over(hf_run, tiny_model, mixed_corpus):
     from qeval_ray.config import parse_score_args
-    from qeval_ray.output import RunMismatch
-    from qeval_ray.pipeline import run
+    from qeval_ray.contracts.layout import RunMismatch
+    from qeval_ray.pipeline import run_score_job as run
 
     out, first = hf_run
     before = read_scores(out)

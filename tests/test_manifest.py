@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from qeval_ray.manifest import ManifestError, open_manifest
+from qeval_ray.stages.read import ManifestError, open_manifest
 
 ROWS = [
     {"id": "a", "uri": "media/a.png", "prompt": "one", "model": "g1", "quality_mos": 3.5, "extra": 1},
@@ -111,6 +111,7 @@ def test_unreadable_missing_empty_and_mixed(tmp_path):
         open_manifest(str(mixed))
 
 
+@pytest.mark.slow  # Ray
 def test_reads_through_ray_with_the_validated_schema(tmp_path, ray_local):
     m = open_manifest(str(_write(tmp_path / "m.jsonl", ROWS, "jsonl")))
     table = pa.concat_tables(ray_local.get(m.read().to_arrow_refs()))

@@ -6,7 +6,9 @@ from PIL import Image
 from qwen_vl_utils import fetch_image
 from qwen_vl_utils.vision_process import smart_resize
 
-from qeval_ray import media, synthetic
+from qeval_ray import media
+
+from qeval_ray.testing import synthetic
 
 SIZES = [(28, 28), (1, 1), (15, 2985), (57, 211), (224, 224), (300, 200), (1023, 767), (1024, 1024),
          (2048, 1536), (4000, 3000), (113, 17), (5, 999)]

@@ -9,7 +9,9 @@ import pytest
 from qwen_vl_utils import fetch_video
 from qwen_vl_utils.vision_process import smart_nframes
 
-from qeval_ray import media, synthetic
+from qeval_ray import media
+
+from qeval_ray.testing import synthetic
 
 # (name, frames, fps, width, height, extra write_video arguments)
 CLIPS = [

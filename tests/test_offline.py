@@ -16,7 +16,3 @@ def test_only_loopback_is_reachable():
         server.bind(("127.0.0.1", 0))
         server.listen()
         socket.create_connection(server.getsockname(), timeout=2).close()
-
-
-def test_hub_lookups_are_disabled():
-    assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["TRANSFORMERS_OFFLINE"] == "1"

@@ -4,7 +4,9 @@ import hashlib
 
 import pytest
 
-from qeval_ray import prompts
+from qeval_ray.contracts.schema import MEDIA_TYPES
+from qeval_ray.scorers import qeval as prompts
+from qeval_ray.engines.base import forbidden_prompt_text
 
 # SHA-256 of each string in the Q-Eval-100K reference (utils/infer.py; reference_prompts.json).
 PINNED = {
@@ -36,7 +38,7 @@ def test_prompt_matches_reference_text():
 
 
 @pytest.mark.parametrize("aspect", prompts.ASPECTS)
-@pytest.mark.parametrize("media", prompts.MEDIA_TYPES)
+@pytest.mark.parametrize("media", MEDIA_TYPES)
 def test_prompt_shape(aspect, media):
     text = prompts.CONTEXT_PROMPTS[(aspect, media)]
     assert text.startswith(f"<{media}>")  # the literal tag the released model was trained with
@@ -56,10 +58,9 @@ def test_context_prompt_inserts_the_item_prompt_verbatim():
 def test_rating_tokens_and_weights_are_the_reference_ones():
     assert prompts.RATING_TOKENS == ("Excellent", "Good", "Fair", "Poor", "Bad")
     assert prompts.RATING_WEIGHTS == (1.0, 0.75, 0.5, 0.25, 0.0)
-    assert (prompts.REFERENCE_VIDEO_FPS, prompts.REFERENCE_VIDEO_MAX_PIXELS) == (8.0, 100_352)
     assert prompts.PROMPT_VERSION
 
 
 def test_vision_tokens_in_prompts_are_found():
-    assert prompts.forbidden_prompt_text("a <|video_pad|> b") == "<|video_pad|>"
-    assert prompts.forbidden_prompt_text("chat tokens like <|im_end|> are the reference's business") is None
+    assert forbidden_prompt_text("a <|video_pad|> b") == "<|video_pad|>"
+    assert forbidden_prompt_text("chat tokens like <|im_end|> are the reference's business") is None

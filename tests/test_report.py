@@ -11,8 +11,9 @@ import pytest
 from scipy import stats
 
 from conftest import REPO
-from qeval_ray.metrics import MetricOptions, agreement, fit_logistic, logistic4
-from qeval_ray.report import ReportError, ReportOptions, build, load
+from qeval_ray.report.metrics import agreement, fit_logistic, logistic4
+from qeval_ray.report.options import MetricOptions, ReportOptions
+from qeval_ray.report.report import ReportError, build, load
 
 FAST = MetricOptions(bootstrap=200, seed=1)
 
@@ -193,7 +194,7 @@ def test_report_job_refuses_what_it_cannot_report(tmp_path):
 
 PROJECTION_PROBE = """
 import sys, pyarrow as pa
-from qeval_ray.report import ReportOptions, load
+from qeval_ray.report.report import load
 from qeval_ray.storage import StorageOptions
 pool = pa.default_memory_pool()
 data = load(sys.argv[1], ReportOptions(), StorageOptions())
@@ -220,7 +221,7 @@ def _storage():
 
 
 def test_batched_statistics_equal_scipy():
-    from qeval_ray.metrics import _batched, kendall_tau_b
+    from qeval_ray.report.metrics import _batched, kendall_tau_b
 
     rng = np.random.default_rng(5)
     x = rng.integers(0, 6, size=(40, 25)).astype(float)  # many ties

@@ -9,10 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import REPO, SMALL, read_scores
-from qeval_ray import synthetic
-from qeval_ray.config import ConfigError
-from qeval_ray.prompts import V2S_REWRITE_VERSION
-from qeval_ray.rewrite import RewriteConfig, answer_schema, needs_parts, read_answer
+from qeval_ray.testing import synthetic
+from qeval_ray.config import ConfigError, RewriteConfig
+from qeval_ray.rewrite import V2S_REWRITE_VERSION, answer_schema, needs_parts, read_answer
 
 LONG = ("a crowded night market under paper lanterns, steam rising from a noodle stall, a child holding a red "
         "balloon, neon signs reflected in puddles and a tram passing at the far end of the street")
@@ -96,7 +95,7 @@ def test_the_rewrite_job_writes_parts_the_score_job_scores(tmp_path, tiny_model,
 
     # The parts go straight into the score job.
     from qeval_ray.config import parse_score_args
-    from qeval_ray.pipeline import run
+    from qeval_ray.pipeline import run_score_job as run
 
     summary = run(parse_score_args(["--input", str(parts_dir), "--output", str(tmp_path / "scores"), "--model",
                                     tiny_model, "--engine", "hf", "--num-cpus-per-actor", "0.5", *SMALL, "--v2s"]))

@@ -136,7 +136,7 @@ def test_secrets_never_appear(s3_run, s3):
 
 def test_access_errors_become_error_rows(s3, tiny_model, local_run, tmp_path):
     """Also: the scorer's weights come from S3 (--model s3://...), and score as the local copy does."""
-    from qeval_ray import synthetic
+    from qeval_ray.testing import synthetic
 
     client = s3.client()
     good = client.get_object(Bucket="corpus", Key="run1/media/good_0.png")["Body"].read()
@@ -205,12 +205,12 @@ def test_local_writes_are_atomic(tmp_path):
 
 def test_an_unfinished_run_is_not_mistaken_for_results(tmp_path):
     """summary.json marks a finished run: a new run withdraws it before writing anything."""
-    from qeval_ray.output import OutputLayout
+    from qeval_ray.contracts.layout import OutputLayout, RunState
 
     layout = OutputLayout(str(tmp_path / "out"))
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "summary.json").write_text("{}")  # a marker with no run record behind it
     layout.check_writable()
-    assert layout.begin({"model": "m"}) == "fresh"
+    assert layout.begin({"model": "m"}) is RunState.FRESH
     assert not (tmp_path / "out" / "summary.json").exists()
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["_qeval_run.json"]  # probe gone too

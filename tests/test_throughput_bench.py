@@ -55,7 +55,7 @@ def test_the_7b_architecture_is_the_published_one(tmp_path):
     import torch
     from transformers import AutoConfig, Qwen2VLForConditionalGeneration
 
-    from qeval_ray.tiny_model import build
+    from qeval_ray.testing.tiny_model import build
 
     config = AutoConfig.from_pretrained(build(tmp_path / "arch", arch="qwen2-vl-7b"))
     with torch.device("meta"):  # no memory: only the shapes

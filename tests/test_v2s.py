@@ -8,8 +8,9 @@ import pyarrow as pa
 import pytest
 
 from conftest import SMALL, assert_probabilities, read_scores
-from qeval_ray import synthetic
-from qeval_ray.v2s import MAX_SPECIFIC, V2SError, V2SOptions, combine, parts
+from qeval_ray.testing import synthetic
+from qeval_ray.scorers.qeval import combine_parts as combine
+from qeval_ray.v2s import MAX_SPECIFIC, V2SError, V2SOptions, parts
 
 LONG = ("a weathered lighthouse on a basalt cliff at dusk, waves breaking on the rocks below, a red fishing boat "
         "rounding the point, gulls circling the lamp, and storm clouds gathering over the distant hills")
@@ -73,33 +74,36 @@ def image_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def hf_engine(tiny_model):
-    from qeval_ray.engines.base import EngineConfig, load_engine
+    from qeval_ray.engines import load_engine
+    from qeval_ray.engines.base import EngineConfig
 
     return load_engine("hf", EngineConfig(model=tiny_model))
 
 
 def _score(rows, image_dir, engine, options):
     """Rows through the real decode and score stages (one batch), as the job runs them."""
-    from qeval_ray.decode import DecodeOptions, DecodeStage
+    from qeval_ray.contracts.schema import Provenance
     from qeval_ray.engines.base import EngineConfig
     from qeval_ray.media import ImageOptions
-    from qeval_ray.prompts import ASPECTS
-    from qeval_ray.schema import Provenance, decoded_schema, output_schema
-    from qeval_ray.scoring import ScoreStage, ScoringOptions
+    from qeval_ray.scorers.qeval import QEvalScorer
+    from qeval_ray.stages.decode import DecodeOptions, DecodeStage
+    from qeval_ray.stages.score import ScoreStage, ScoringOptions
 
     rows = [{"uri": "a.png", "v2s_vague": None, "v2s_specific": None, **r} for r in rows]
     table = pa.Table.from_pylist(rows, schema=pa.schema([
         ("id", pa.string()), ("uri", pa.string()), ("prompt", pa.string()),
         ("v2s_vague", pa.string()), ("v2s_specific", pa.list_(pa.string()))]))
-    decode = DecodeStage(DecodeOptions(image=ImageOptions(max_pixels=64 * 28 * 28), base_dir=str(image_dir),
-                                       v2s=options), decoded_schema(table.schema), table.schema)
+    scorer = QEvalScorer(v2s_options=options)
+    decode = DecodeStage(DecodeOptions(image=ImageOptions(max_pixels=64 * 28 * 28), base_dir=str(image_dir)),
+                         scorer, table.schema)
     provenance = Provenance("tiny", "r", "v", "hf", "float32", "test")
-    score = ScoreStage(ScoringOptions("hf", EngineConfig(model="unused"), ASPECTS, provenance, v2s=options),
-                       output_schema(table.schema), engine=engine)
+    score = ScoreStage(ScoringOptions("hf", EngineConfig(model="unused"), provenance), scorer, table.schema,
+                       engine=engine)
     out = score(decode(table))
     return {r["id"]: r for r in out.to_pylist()}, out
 
 
+@pytest.mark.slow  # an engine
 def test_a_long_prompt_scores_as_its_parts_scored_alone(hf_engine, image_dir):
     rows = [
         {"id": "long", "prompt": LONG, "v2s_vague": VAGUE, "v2s_specific": SPECIFIC},
@@ -152,8 +156,8 @@ def _manifest(tmp_path, image_dir, fmt="jsonl"):
 
 def test_v2s_options_and_manifests_are_checked_before_work(tmp_path, image_dir, tiny_model):
     from qeval_ray.config import ConfigError, parse_score_args
-    from qeval_ray.manifest import ManifestError
-    from qeval_ray.pipeline import run
+    from qeval_ray.stages.read import ManifestError
+    from qeval_ray.pipeline import run_score_job as run
 
     base = ["--input", str(_manifest(tmp_path, image_dir)), "--output", str(tmp_path / "out"),
             "--model", tiny_model, "--engine", "hf"]
@@ -170,10 +174,11 @@ def test_v2s_options_and_manifests_are_checked_before_work(tmp_path, image_dir, 
     assert not (tmp_path / "out").exists()  # nothing was started
 
 
+@pytest.mark.slow  # Ray and an engine
 def test_the_job_scores_long_prompts_in_parts_and_keeps_them(tmp_path, image_dir, tiny_model, ray_local):
     from qeval_ray.config import parse_score_args
-    from qeval_ray.output import RunMismatch
-    from qeval_ray.pipeline import run
+    from qeval_ray.contracts.layout import RunMismatch
+    from qeval_ray.pipeline import run_score_job as run
 
     args = ["--input", str(_manifest(tmp_path, image_dir)), "--output", str(tmp_path / "out"),
             "--model", tiny_model, "--engine", "hf", "--num-cpus-per-actor", "0.5", *SMALL, "--v2s"]

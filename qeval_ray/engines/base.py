@@ -1,9 +1,10 @@
-"""The engine interface: scoring requests in, five rating-token log-probs per request out.
+"""The engine interface: requests (media + user text) in, next-token log-probs of given tokens out.
 
 An engine is built once per scoring actor from an :class:`EngineConfig`. Both engines render the
-prompt the same way (:func:`chat_prompt`, the reference's chat template with the media first) and
-return, per request, the log-probs (or logits; see ``rating.py``) of ``Excellent, Good, Fair,
-Poor, Bad`` at the next-token position. The rest of the job does not know which engine ran.
+prompt the same way (:func:`chat_prompt`: the Qwen2-VL chat template, default system prompt, one
+user turn with the media first) and return, per request, the full-vocabulary log-probs of the
+tokens asked for at the next-token position. Engines know nothing about scorers: which texts to
+ask and which tokens to read is the scorer's business (``qeval_ray.scorers``).
 """
 
 from __future__ import annotations
@@ -53,9 +54,22 @@ class Engine(ABC):
     def __init__(self, config: EngineConfig):
         self.config = config
 
+    @property
     @abstractmethod
-    def rating_logprobs(self, requests: Sequence[ScoreRequest]) -> np.ndarray:
-        """An ``(len(requests), 5)`` array, rows in request order. Raises if any request fails."""
+    def tokenizer(self): ...
+
+    @abstractmethod
+    def next_token_logprobs(self, requests: Sequence[ScoreRequest], token_ids: Sequence[int]) -> np.ndarray:
+        """A ``(len(requests), len(token_ids))`` array of log-probs (softmax over the whole vocabulary)
+        at the position after each prompt, rows in request order. Raises if any request fails."""
+
+    def token_ids(self, words: Sequence[str]) -> list[int]:
+        """The ids to read for ``words``: the first sub-token id of each, distinct (see
+        :func:`first_token_ids`)."""
+        ids = first_token_ids(self.tokenizer, words)
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"the words do not map to distinct token ids: {dict(zip(words, ids))}")
+        return ids
 
     def reset_caches(self) -> None:  # noqa: B027 - engines without caches need nothing here
         """Forget cached prefixes and media (benchmarks: every timed run starts cold)."""
@@ -94,17 +108,18 @@ def processor_kwargs(processor) -> dict:
     return kwargs
 
 
-def load_engine(name: str, config: EngineConfig) -> Engine:
-    """Build the named engine; each engine module imports its heavy libraries only when chosen."""
-    if name == "vllm":
-        from qeval_ray.engines.vllm import VLLMEngine
-
-        return VLLMEngine(config)
-    if name == "hf":
-        from qeval_ray.engines.hf import HFEngine
-
-        return HFEngine(config)
-    raise ValueError(f"unknown engine {name!r}; choose vllm or hf")
+# The Qwen-VL vision placeholders: a text containing one would break the processor's count of media
+# tokens for its request (the reference fails on it), so scorers refuse such texts up front.
+VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 
 
-ENGINE_NAMES = ("vllm", "hf")
+def forbidden_prompt_text(text: str) -> str | None:
+    """The first vision token found in ``text``, or None."""
+    return next((t for t in VISION_TOKENS if t in text), None)
+
+
+def first_token_ids(tokenizer, words: Sequence[str]) -> list[int]:
+    """First sub-token id of each word, as the Q-Eval reference computes them:
+    ``tokenizer(words)["input_ids"]`` (no leading space, special tokens left to the tokenizer's
+    default) and ``[0]`` of each."""
+    return [int(seq[0]) for seq in tokenizer(list(words))["input_ids"]]

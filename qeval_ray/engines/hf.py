@@ -17,7 +17,6 @@ from typing import Sequence
 import numpy as np
 
 from qeval_ray.engines.base import Engine, EngineConfig, ScoreRequest, chat_prompt, processor_kwargs
-from qeval_ray.rating import check_distinct, rating_token_ids
 
 
 class HFEngine(Engine):
@@ -42,11 +41,13 @@ class HFEngine(Engine):
             self.model = Qwen2VLForConditionalGeneration.from_pretrained(
                 config.model, revision=config.revision, dtype=dtype
             ).to(config.device).eval()
-        self.token_ids = rating_token_ids(self.processor.tokenizer)
-        check_distinct(self.token_ids)
         self.processor_kwargs = processor_kwargs(self.processor)
 
-    def _forward(self, requests: Sequence[ScoreRequest]) -> np.ndarray:
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+    def _forward(self, requests: Sequence[ScoreRequest], token_ids: Sequence[int]) -> np.ndarray:
         images = [r.media.pixels for r in requests if r.media.kind == "image"]
         videos = [r.media.pixels for r in requests if r.media.kind == "video"]
         inputs = self.processor(
@@ -64,13 +65,15 @@ class HFEngine(Engine):
         )
         with self.torch.inference_mode():
             logits = self.model(**inputs, position_ids=positions, logits_to_keep=1).logits[:, -1]
-        return logits[:, self.token_ids].float().cpu().numpy().astype(np.float64)
+            logprobs = self.torch.log_softmax(logits.double(), dim=-1)  # float64: the reference yardstick
+        return logprobs[:, list(token_ids)].cpu().numpy().astype(np.float64)
 
-    def rating_logprobs(self, requests: Sequence[ScoreRequest]) -> np.ndarray:
+    def next_token_logprobs(self, requests: Sequence[ScoreRequest], token_ids: Sequence[int]) -> np.ndarray:
         if not requests:
-            return np.zeros((0, len(self.token_ids)))
+            return np.zeros((0, len(token_ids)))
         step = max(1, self.config.hf_batch_size)
-        return np.concatenate([self._forward(requests[i : i + step]) for i in range(0, len(requests), step)])
+        return np.concatenate([self._forward(requests[i : i + step], token_ids)
+                               for i in range(0, len(requests), step)])
 
 
 def reference_position_ids(input_ids, attention_mask, image_grid_thw, video_grid_thw, config):

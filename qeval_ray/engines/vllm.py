@@ -1,7 +1,7 @@
 """The production engine: one ``vllm.LLM`` per actor, one generated token per request.
 
-``SamplingParams(max_tokens=1, temperature=0, logprob_token_ids=<five ids>)`` returns the
-full-vocabulary log-probs of exactly the five rating tokens. Requests about one item share the
+``SamplingParams(max_tokens=1, temperature=0, logprob_token_ids=<ids>)`` returns the
+full-vocabulary log-probs of exactly the tokens asked for. Requests about one item share the
 media prefix, so prefix caching and the encoder cache compute the vision part once per item.
 """
 
@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from qeval_ray.engines.base import Engine, EngineConfig, ScoreRequest, chat_prompt, processor_kwargs
-from qeval_ray.rating import check_distinct, rating_token_ids
+
 
 class VLLMEngine(Engine):
     name = "vllm"
@@ -27,7 +27,7 @@ class VLLMEngine(Engine):
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         from transformers import AutoProcessor
-        from vllm import LLM, SamplingParams
+        from vllm import LLM
 
         self.processor = AutoProcessor.from_pretrained(config.model, revision=config.revision)
         kwargs = dict(
@@ -49,9 +49,10 @@ class VLLMEngine(Engine):
         if config.max_num_batched_tokens:
             kwargs["max_num_batched_tokens"] = config.max_num_batched_tokens
         self.llm = LLM(**kwargs)
-        self.token_ids = rating_token_ids(self.llm.get_tokenizer())
-        check_distinct(self.token_ids)
-        self.sampling = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=self.token_ids)
+
+    @property
+    def tokenizer(self):
+        return self.llm.get_tokenizer()
 
     def reset_caches(self) -> None:
         self.llm.reset_prefix_cache()
@@ -65,13 +66,16 @@ class VLLMEngine(Engine):
         media = request.media
         return {"prompt": chat_prompt(self.processor, request), "multi_modal_data": {media.kind: media.pixels}}
 
-    def rating_logprobs(self, requests: Sequence[ScoreRequest]) -> np.ndarray:
-        result = np.empty((len(requests), len(self.token_ids)), dtype=np.float64)
+    def next_token_logprobs(self, requests: Sequence[ScoreRequest], token_ids: Sequence[int]) -> np.ndarray:
+        from vllm import SamplingParams
+
+        sampling = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=list(token_ids))
+        result = np.empty((len(requests), len(token_ids)), dtype=np.float64)
         for wave in _waves(requests):
-            outputs = self.llm.generate([self._vllm_input(requests[i]) for i in wave], self.sampling, use_tqdm=False)
+            outputs = self.llm.generate([self._vllm_input(requests[i]) for i in wave], sampling, use_tqdm=False)
             for i, out in zip(wave, outputs):
                 step = out.outputs[0].logprobs[0]
-                result[i] = [step[t].logprob for t in self.token_ids]
+                result[i] = [step[t].logprob for t in token_ids]
         return result
 
 

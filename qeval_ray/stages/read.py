@@ -1,9 +1,10 @@
-"""Read + validate the input manifest: parquet, jsonl or csv; one file, a directory or a glob.
+"""The read stage: validate the input manifest (parquet, jsonl or csv; one file, a directory or a
+glob), then stream its rows.
 
 :func:`open_manifest` runs on the driver before any work starts and stops the job with one
 :class:`ManifestError` saying what to fix: an unreadable file, a missing required column, missing
 or duplicate ids (named), a label that is not a number. It streams the manifest and keeps only the
-id column. :meth:`Manifest.read` then streams the rows through Ray Data's own readers, so the run
+id column. :func:`read_rows` then streams the rows through Ray Data's own readers, so the run
 itself reads in parallel on the cluster (and Ray Data's checkpointing can filter rows by id).
 """
 
@@ -17,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from qeval_ray import storage
-from qeval_ray.schema import LABEL_COLUMNS, MANIFEST_TYPES, REQUIRED_COLUMNS, V2S_SPECIFIC, V2S_VAGUE
+from qeval_ray.contracts.schema import LABEL_COLUMNS, MANIFEST_TYPES, REQUIRED_COLUMNS, V2S_SPECIFIC, V2S_VAGUE
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "json", ".json": "json", ".ndjson": "json", ".csv": "csv"}
 _GLOB_CHARS = "*?["
@@ -43,7 +44,7 @@ class Manifest:
     def has_labels(self) -> bool:
         return any(name in self.schema.names for name in LABEL_COLUMNS.values())
 
-    def read(self, **read_args):
+    def read(self):
         """The manifest as a Ray dataset, straight from Ray Data's readers (nothing fused ahead of
         the next stage, so the job can split it into small blocks). Blocks come as the files have
         them; the decode stage conforms them to ``schema``."""
@@ -52,12 +53,17 @@ class Manifest:
         fs, _ = storage.arrow_filesystem(self.uri, self.storage)
         paths = list(self.paths)
         if self.format == "parquet":
-            ds = ray.data.read_parquet(paths, filesystem=fs, **read_args)
-        elif self.format == "csv":
-            ds = ray.data.read_csv(paths, filesystem=fs, convert_options=_csv_convert(self.schema), **read_args)
-        else:
-            ds = ray.data.read_json(paths, filesystem=fs, **read_args)
-        return ds
+            return ray.data.read_parquet(paths, filesystem=fs)
+        if self.format == "csv":
+            return ray.data.read_csv(paths, filesystem=fs, convert_options=_csv_convert(self.schema))
+        return ray.data.read_json(paths, filesystem=fs)
+
+
+def read_rows(manifest: Manifest, rows_per_block: int):
+    """The manifest's rows in small blocks: decode tasks run in parallel however the manifest is
+    laid out, actors share the work, and scores are committed file by file as they come (a crash
+    loses little)."""
+    return manifest.read().repartition(target_num_rows_per_block=rows_per_block)
 
 
 def _format_of(path: str) -> str | None:

@@ -16,7 +16,6 @@ stream past, so a report over millions of rows holds a few numeric arrays.
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import asdict, dataclass, field
 
@@ -25,26 +24,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from qeval_ray import storage
-from qeval_ray.metrics import MIN_PAIRS, MetricOptions, agreement, correlation
-from qeval_ray.prompts import ASPECTS, MEDIA_TYPES
-from qeval_ray.schema import LABEL_COLUMNS, Status
+from qeval_ray.contracts.layout import OutputLayout
+from qeval_ray.contracts.schema import LABEL_COLUMNS, MEDIA_TYPE, MEDIA_TYPES, PROMPT, STATUS, Status
+from qeval_ray.report import plots as draw
+from qeval_ray.report.metrics import MIN_PAIRS, agreement, correlation
+from qeval_ray.report.options import ReportOptions
+from qeval_ray.scorers.qeval import ASPECTS
 
 LEVELS = ("instance", "model")
 SUBSETS = ("all", "long_prompt")
+REPORT_JSON, REPORT_MARKDOWN = "report.json", "report.md"
 _PLOT_POINTS = 20_000  # scatter plots show at most this many points (a seeded sample)
 
 
 class ReportError(ValueError):
     """No report can be made; the message says why (e.g. no labels)."""
-
-
-@dataclass(frozen=True)
-class ReportOptions:
-    group_by: str = "model"  # the generator column for model-level figures
-    long_prompt_words: int = 25
-    labels: str | None = None  # a file of id + label columns, joined where scores lack them
-    metrics: MetricOptions = field(default_factory=MetricOptions)
-    plots: bool = True
 
 
 @dataclass
@@ -82,12 +76,6 @@ class ReportData:
 # --- loading --------------------------------------------------------------------------------
 
 
-def _scores_dir(uri: str, options: storage.StorageOptions) -> str:
-    """Accept the job's output directory (with scores/) or the scores directory itself."""
-    fs, path = storage.filesystem(uri, options)
-    return storage.join(uri, "scores") if fs.exists(storage.join(path, "scores")) else uri
-
-
 def _dataset(uri: str, options: storage.StorageOptions):
     import pyarrow.dataset as pads
 
@@ -97,7 +85,7 @@ def _dataset(uri: str, options: storage.StorageOptions):
 
 
 def load(scores_uri: str, options: ReportOptions, storage_options: storage.StorageOptions) -> ReportData:
-    dataset = _dataset(_scores_dir(scores_uri, storage_options), storage_options)
+    dataset = _dataset(OutputLayout.scores_of(scores_uri, storage_options), storage_options)
     names = set(dataset.schema.names)
     labels_table = None
     if options.labels:
@@ -106,14 +94,14 @@ def load(scores_uri: str, options: ReportOptions, storage_options: storage.Stora
             raise ReportError(f"--labels {options.labels}: no 'id' column to join on")
         labels_table = labels_table.select(["id"] + [c for c in LABEL_COLUMNS.values() if c in labels_table.column_names])
         labels_table = labels_table.set_column(0, "id", labels_table.column("id").cast(pa.string()))
-    wanted = ["status", "media_type", "prompt", *ASPECTS, *LABEL_COLUMNS.values(), options.group_by]
+    wanted = [STATUS, MEDIA_TYPE, PROMPT, *ASPECTS, *LABEL_COLUMNS.values(), options.group_by]
     columns = [c for c in dict.fromkeys(wanted) if c in names] + (["id"] if labels_table is not None else [])
     parts = []
     # Little readahead: the prompt column is the bulk of what is read, and is dropped batch by batch.
     for batch in dataset.to_batches(columns=columns, batch_size=65_536, batch_readahead=2, fragment_readahead=1):
         table = pa.Table.from_batches([batch])
-        words = pc.list_value_length(pc.utf8_split_whitespace(table.column("prompt").fill_null("")))
-        table = table.drop_columns(["prompt"]).append_column("long_prompt", pc.greater(words, options.long_prompt_words))
+        words = pc.list_value_length(pc.utf8_split_whitespace(table.column(PROMPT).fill_null("")))
+        table = table.drop_columns([PROMPT]).append_column("long_prompt", pc.greater(words, options.long_prompt_words))
         parts.append(table)
     table = pa.concat_tables(parts) if parts else dataset.schema.empty_table()
     if labels_table is not None:
@@ -128,8 +116,8 @@ def load(scores_uri: str, options: ReportOptions, storage_options: storage.Stora
         return Categorical.of(table.column(name)) if name in table.column_names else None
 
     return ReportData(
-        status=strings("status"),
-        media_type=strings("media_type"),
+        status=strings(STATUS),
+        media_type=strings(MEDIA_TYPE),
         group=strings(options.group_by),
         long_prompt=table.column("long_prompt").to_numpy(zero_copy_only=False).astype(bool),
         scores={a: floats(a) for a in ASPECTS},
@@ -311,13 +299,6 @@ def markdown(report: dict) -> str:
 
 def plots(data: ReportData, report: dict, options: ReportOptions) -> dict[str, bytes]:
     """PNG files by name: scatter with fitted curve per aspect and media, leaderboard per aspect."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from qeval_ray.metrics import logistic4
-
     images = {}
     rng = np.random.default_rng(options.metrics.seed)
     ok = data.status.eq(Status.OK)
@@ -329,38 +310,15 @@ def plots(data: ReportData, report: dict, options: ReportOptions) -> dict[str, b
             rows = np.flatnonzero(ok & data.media_type.eq(media) & np.isfinite(data.scores[aspect])
                                   & np.isfinite(data.labels[aspect]))
             shown = rng.choice(rows, _PLOT_POINTS, replace=False) if len(rows) > _PLOT_POINTS else rows
-            x, y = data.scores[aspect][shown], data.labels[aspect][shown]
-            fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
-            ax.scatter(x, y, s=6, alpha=0.5)
-            if f.get("logistic") and "beta1" in f["logistic"]:
-                grid = np.linspace(np.min(x), np.max(x), 200)
-                ax.plot(grid, logistic4(grid, *(f["logistic"][k] for k in ("beta1", "beta2", "beta3", "beta4"))),
-                        color="C3", label="4-parameter logistic fit")
-                ax.legend(loc="lower right")
             sample = f" ({len(shown)} of {len(rows)} shown)" if len(shown) < len(rows) else ""
-            ax.set(xlabel=f"{aspect} score", ylabel=f"{aspect} MOS",
-                   title=f"{aspect} · {media}: SRCC {_num(f['srcc'])}, PLCC {_num(f['plcc'])}{sample}")
-            images[f"scatter_{aspect}_{media}.png"] = _png(fig, plt)
+            images[f"scatter_{aspect}_{media}.png"] = draw.scatter(
+                data.scores[aspect][shown], data.labels[aspect][shown], xlabel=f"{aspect} score",
+                ylabel=f"{aspect} MOS", logistic=f.get("logistic"),
+                title=f"{aspect} · {media}: SRCC {_num(f['srcc'])}, PLCC {_num(f['plcc'])}{sample}")
     for aspect, board in report["generators"].items():
-        if len(board) < 2:
-            continue
-        fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
-        ax.scatter([r["mean_score"] for r in board], [r["mean_mos"] for r in board])
-        for r in board:
-            ax.annotate(f"{r['model']} (#{r['rank_score']}/#{r['rank_mos']})", (r["mean_score"], r["mean_mos"]),
-                        fontsize=7, xytext=(3, 3), textcoords="offset points")
-        ax.set(xlabel=f"mean {aspect} score", ylabel=f"mean {aspect} MOS",
-               title=f"generators by {aspect} (#rank by score/#rank by MOS)")
-        images[f"leaderboard_{aspect}.png"] = _png(fig, plt)
+        if len(board) >= 2:
+            images[f"leaderboard_{aspect}.png"] = draw.leaderboard(board, aspect)
     return images
-
-
-def _png(fig, plt) -> bytes:
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
 
 
 # --- entry point ----------------------------------------------------------------------------
@@ -377,6 +335,6 @@ def make_report(scores_uri: str, report_uri: str, options: ReportOptions = Repor
     fs.makedirs(root, exist_ok=True)
     for name, content in images.items():
         fs.pipe_file(storage.join(root, name), content)
-    fs.pipe_file(storage.join(root, "report.json"), json.dumps(report, indent=2, allow_nan=False).encode())
-    fs.pipe_file(storage.join(root, "report.md"), markdown(report).encode())
+    fs.pipe_file(storage.join(root, REPORT_JSON), json.dumps(report, indent=2, allow_nan=False).encode())
+    fs.pipe_file(storage.join(root, REPORT_MARKDOWN), markdown(report).encode())
     return report

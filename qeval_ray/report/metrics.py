@@ -19,19 +19,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import optimize, stats
 
+from qeval_ray.report.options import MetricOptions
+
 MIN_PAIRS = 3
 MIN_FIT_PAIRS = 5  # a 4-parameter curve through 4 points is no fit at all
 FIT_MAX_PAIRS = 50_000  # the curve is fitted to a seeded sample of this many pairs, evaluated on all
 GROUP_EXACT_MAX = 200  # model level: groups up to this size are resampled item by item
 CORRELATIONS = ("srcc", "krcc", "plcc")
-
-
-@dataclass(frozen=True)
-class MetricOptions:
-    bootstrap: int = 1000  # resamples per interval (0: no intervals)
-    seed: int = 0
-    confidence: float = 0.95
-    bootstrap_max_n: int = 5_000  # above this many pairs: Fisher-z intervals
 
 
 @dataclass

@@ -1,15 +1,11 @@
-"""Five logits -> probabilities -> score, exactly as the reference's wa5."""
+"""The Q-Eval-Score scorer: five logits -> probabilities -> score, exactly as the reference's wa5;
+the tokens it reads; the prompts it asks and the columns its answers become."""
 
 import numpy as np
 import pytest
 
-from qeval_ray.rating import (
-    check_distinct,
-    rating_probabilities,
-    rating_token_ids,
-    score_from_probabilities,
-    to_mos_scale,
-)
+from qeval_ray.engines.base import first_token_ids
+from qeval_ray.scorers.qeval import RATING_TOKENS, rating_probabilities, score_from_probabilities
 
 
 def reference_wa5(logits: dict) -> float:
@@ -51,20 +47,16 @@ def test_large_logits_are_stable_and_bad_ones_refused():
         rating_probabilities([0, 0, 0, 0])
 
 
-def test_batched_shape_and_mos_scale():
+def test_batched_shape():
     x = np.random.default_rng(1).normal(size=(7, 5))
     assert rating_probabilities(x).shape == (7, 5)
-    assert to_mos_scale(0.0) == 1.0 and to_mos_scale(1.0) == 5.0
 
 
 def test_rating_token_ids_follow_the_reference(tiny_model):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
-    ids = rating_token_ids(tok)
+    ids = first_token_ids(tok, RATING_TOKENS)
     # The reference: tokenizer(["Good", "Poor", ...])["input_ids"], first id of each.
     assert ids == [tok(w)["input_ids"][0] for w in ["Excellent", "Good", "Fair", "Poor", "Bad"]]
     assert [tok.decode([i]) for i in ids] == ["Excellent", "Good", "Fair", "Poor", "Bad"]
-    check_distinct(ids)
-    with pytest.raises(ValueError):
-        check_distinct([1, 2, 2, 3, 4])

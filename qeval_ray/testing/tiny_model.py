@@ -1,6 +1,6 @@
 """Build a tiny random-weight Qwen2-VL that loads in HF transformers and in vLLM, with no downloads.
 
-    python -m qeval_ray.tiny_model DIR [--seed 0]
+    python -m qeval_ray.testing.tiny_model DIR [--seed 0]
 
 It has the real model's structure in miniature (vision tower, 2x2 merger, M-RoPE, the Qwen2-VL chat
 template and special tokens) so every code path of the job runs on it; its scores mean nothing.
@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from qeval_ray.prompts import CONTEXT_PROMPTS, RATING_TOKENS
+from qeval_ray.scorers.qeval import CONTEXT_PROMPTS, RATING_TOKENS
 
 # The Qwen2-VL-7B-Instruct chat template (default system prompt, vision placeholders).
 QWEN2_VL_CHAT_TEMPLATE = (
@@ -191,7 +191,7 @@ def build(out_dir: str | Path, seed: int = 0, arch: str = "tiny") -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m qeval_ray.tiny_model", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m qeval_ray.testing.tiny_model", description=__doc__.split("\n")[0])
     parser.add_argument("out_dir", help="directory to write the model into")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--arch", choices=("tiny", "qwen2-vl-7b"), default="tiny",

@@ -1,7 +1,8 @@
 """The decode stage (CPU tasks): check each row, fetch its media bytes, decode them to pixels.
 
 A row that fails here keeps its place with ``status`` = ``invalid_row`` / ``fetch_error`` /
-``decode_error`` and the reason in ``error``; later stages pass it through untouched.
+``decode_error`` and the reason in ``error``; later stages pass it through untouched. The scorer
+is asked first whether it can score the row at all, so a row it would refuse costs no download.
 """
 
 from __future__ import annotations
@@ -11,22 +12,43 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from qeval_ray import media, storage, v2s
-from qeval_ray.prompts import MEDIA_TYPES, forbidden_prompt_text
-from qeval_ray.schema import PIXELS, PIXELS_SHAPE, V2S_SPECIFIC, V2S_VAGUE, Status, conform
-from qeval_ray.stage import Stage, with_columns
-
-DEFAULT_MAX_BYTES = 2 * 1024**3
+from qeval_ray import media, storage
+from qeval_ray.contracts.schema import (
+    ERROR,
+    FETCH_RETRIES,
+    ID,
+    MEDIA_FIELDS,
+    MEDIA_TYPE,
+    MEDIA_TYPES,
+    PIXELS,
+    PIXELS_SHAPE,
+    STATUS,
+    URI,
+    Status,
+    conform,
+    decoded_schema,
+)
+from qeval_ray.scorers.base import Scorer
+from qeval_ray.stages.base import Resources, Stage, StageSpec, with_columns
 
 
 @dataclass(frozen=True)
 class DecodeOptions:
     image: media.ImageOptions = field(default_factory=media.ImageOptions)
     video: media.VideoOptions = field(default_factory=media.VideoOptions)
-    max_bytes: int = DEFAULT_MAX_BYTES  # refuse larger objects before downloading them
+    max_bytes: int = storage.DEFAULT_MAX_BYTES  # refuse larger objects before downloading them
     base_dir: str | None = None  # relative uris in the manifest are relative to this
     storage: storage.StorageOptions = field(default_factory=storage.StorageOptions)
-    v2s: v2s.V2SOptions | None = None  # check long prompts' V2S parts (None: they are not used)
+
+
+# The columns this stage sets on every row (the rest of the output schema stays null until scored).
+ADDS = (MEDIA_TYPE, STATUS, ERROR, *(f.name for f in MEDIA_FIELDS), FETCH_RETRIES, PIXELS, PIXELS_SHAPE)
+
+
+def decode_stage(options: DecodeOptions, scorer: Scorer, manifest_schema: pa.Schema, batch_size: int) -> StageSpec:
+    """Stateless CPU tasks, one CPU each."""
+    return StageSpec("decode", DecodeStage, dict(options=options, scorer=scorer, manifest_schema=manifest_schema),
+                     needs=(ID, URI, *scorer.inputs()), adds=ADDS, batch_size=batch_size, resources=Resources(cpus=1))
 
 
 class _RowFailed(Exception):
@@ -36,41 +58,26 @@ class _RowFailed(Exception):
 
 
 def _media_type(row: dict) -> str:
-    given = row.get("media_type")
+    given = row.get(MEDIA_TYPE)
     if given:
         kind = str(given).strip().lower()
         if kind not in MEDIA_TYPES:
             raise _RowFailed(Status.INVALID, f"media_type {given!r} is not one of {', '.join(MEDIA_TYPES)}")
         return kind
-    kind = media.infer_media_type(row["uri"])
+    kind = media.infer_media_type(row[URI])
     if kind is None:
-        shown = storage.redact(row["uri"])
+        shown = storage.redact(row[URI])
         raise _RowFailed(Status.INVALID, f"cannot tell image from video by the extension of {shown!r}; set media_type")
     return kind
-
-
-def _check_row(row: dict, v2s_options: v2s.V2SOptions | None) -> None:
-    if not row.get("uri"):
-        raise _RowFailed(Status.INVALID, "uri is empty")
-    prompt = row.get("prompt")
-    if prompt is None or not prompt.strip():
-        raise _RowFailed(Status.INVALID, "prompt is empty: both context prompts quote the item's prompt")
-    bad = forbidden_prompt_text(prompt)
-    if bad:
-        raise _RowFailed(Status.INVALID, f"prompt contains the model's vision token {bad!r}, which cannot be scored")
-    if v2s_options is not None:  # before the fetch: parts that cannot be scored cost no download
-        try:
-            v2s.parts(prompt, row.get(V2S_VAGUE), row.get(V2S_SPECIFIC), v2s_options)
-        except v2s.V2SError as e:
-            raise _RowFailed(Status.INVALID, f"V2S parts: {e}") from e
 
 
 class DecodeStage(Stage):
     """Passed to ``map_batches`` as an instance, so Ray runs it as stateless CPU tasks."""
 
-    def __init__(self, options: DecodeOptions, schema: pa.Schema, manifest_schema: pa.Schema):
+    def __init__(self, options: DecodeOptions, scorer: Scorer, manifest_schema: pa.Schema):
         self.options = options
-        self.schema = schema  # the decoded batch schema (output columns + pixels)
+        self.scorer = scorer
+        self.schema = decoded_schema(manifest_schema, scorer.fields())  # output columns + pixels
         self.manifest_schema = manifest_schema
 
     def prepare(self, batch: pa.Table) -> pa.Table:
@@ -80,13 +87,17 @@ class DecodeStage(Stage):
 
     def _decode(self, row: dict, values: dict) -> None:
         """Fill ``values`` with the row's decoded media; raise :class:`_RowFailed` on the way."""
-        _check_row(row, self.options.v2s)
-        kind = values["media_type"] = _media_type(row)
-        uri = storage.resolve(row["uri"], self.options.base_dir)
+        if not row.get(URI):
+            raise _RowFailed(Status.INVALID, "uri is empty")
+        refused = self.scorer.refuse(row)
+        if refused:
+            raise _RowFailed(Status.INVALID, refused)
+        kind = values[MEDIA_TYPE] = _media_type(row)
+        uri = storage.resolve(row[URI], self.options.base_dir)
         try:
-            data, values["fetch_retries"] = storage.read_bytes(uri, self.options.max_bytes, self.options.storage)
+            data, values[FETCH_RETRIES] = storage.read_bytes(uri, self.options.max_bytes, self.options.storage)
         except storage.StorageError as e:
-            values["fetch_retries"] = e.retries
+            values[FETCH_RETRIES] = e.retries
             raise _RowFailed(Status.FETCH, str(e)) from e
         try:
             if kind == "image":
@@ -106,26 +117,21 @@ class DecodeStage(Stage):
         })
 
     def process(self, batch: pa.Table) -> pa.Table:
-        new: dict[str, list] = {name: [] for name in self._new_columns}
+        new: dict[str, list] = {name: [] for name in ADDS}
         for row in batch.to_pylist():
-            values = {"status": Status.OK, "error": None, "media_type": row.get("media_type")}
+            values = {STATUS: Status.OK, ERROR: None, MEDIA_TYPE: row.get(MEDIA_TYPE)}
             try:
                 self._decode(row, values)
             except _RowFailed as e:
                 values.update(status=e.status, error=str(e))
             except Exception as e:  # noqa: BLE001 - one bad record must never fail the batch
                 values.update(status=Status.DECODE, error=f"{type(e).__name__}: {e}")
-            if values["status"] != Status.OK:
+            if values[STATUS] != Status.OK:
                 values.update({PIXELS: None, PIXELS_SHAPE: None})
-            for name in self._new_columns:
+            for name in ADDS:
                 new[name].append(values.get(name))
         columns = {name: pa.array(values, type=self.schema.field(name).type) for name, values in new.items()}
         return conform(with_columns(batch, columns), self.schema)
-
-    _new_columns = (
-        "media_type", "status", "error", "media_height", "media_width",
-        "num_frames", "source_fps", "source_frames", "sample_fps", "fetch_retries", PIXELS, PIXELS_SHAPE,
-    )
 
 
 def pixels_of(buffer: bytes, shape: list[int]) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Generated test media and manifests (demo, tests, benchmarks); nothing here is downloaded.
 
-    python -m qeval_ray.synthetic DIR [--images 36] [--videos 4] [--seed 0]
+    python -m qeval_ray.testing.synthetic DIR [--images 36] [--videos 4] [--seed 0]
 
 writes DIR/manifest.parquet and the media beside it: images of several sizes and colour modes,
 short clips, prompts, generator names and synthetic MOS labels, plus one corrupt image and one
@@ -146,7 +146,7 @@ def _row(item_id: str, path: Path, root: Path, i: int, rng) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m qeval_ray.synthetic", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m qeval_ray.testing.synthetic", description=__doc__.split("\n")[0])
     parser.add_argument("out_dir")
     parser.add_argument("--images", type=int, default=36)
     parser.add_argument("--videos", type=int, default=4)

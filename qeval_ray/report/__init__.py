@@ -1,0 +1,1 @@
+"""Correlation reports: metrics (scipy), the report (report.json, report.md), plots (matplotlib)."""

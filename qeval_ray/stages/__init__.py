@@ -1,0 +1,1 @@
+"""The score job's stages, in flow order: read, decode, score, write."""

@@ -1,0 +1,70 @@
+"""Which batch was being scored when a scoring actor died, and how often each item was to blame.
+
+Ray restarts a scoring actor whose process dies (a segfault, an OOM kill, a dead engine) and
+retries its batch. One small :class:`CrashLedger` actor per job remembers the batches in flight:
+a scoring actor calls ``start`` before a batch and ``finish`` after it, so a batch whose previous
+attempt never finished crashed its actor, and each of its items (or the one item in flight, when
+scoring one by one) is charged one crash. The score stage then retries such a batch item by item,
+and gives an item up as a ``score_error`` row once it has crashed the engine ``max_crashes`` times.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+
+class CrashLedger:
+    def __init__(self):
+        self.inflight: dict[str, list[str]] = {}
+        self.crashes: Counter = Counter()
+        self.events = 0  # batches whose actor died while scoring them
+
+    def start(self, key: str, ids: list[str]) -> dict[str, int]:
+        """A batch begins; returns how often each of its items has crashed an actor."""
+        previous = self.inflight.get(key)
+        if previous is not None:
+            self.crashes.update(previous)
+            self.events += 1
+        self.inflight[key] = list(ids)
+        return {i: self.crashes[i] for i in ids}
+
+    def narrow(self, key: str, ids: list[str]) -> None:
+        """Only ``ids`` of the batch are in flight now (scoring one item at a time)."""
+        self.inflight[key] = list(ids)
+
+    def finish(self, key: str) -> None:
+        self.inflight.pop(key, None)
+
+    def crash_events(self) -> int:
+        return self.events
+
+
+def start_crash_ledger():
+    """The job's ledger as a Ray actor: restarted itself if its node dies (no CPU reserved)."""
+    import ray
+
+    return ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(CrashLedger).remote()
+
+
+class LedgerClient:
+    """Calls a ledger whether it is a Ray actor (the job) or a plain object (unit tests)."""
+
+    def __init__(self, ledger):
+        self.ledger = ledger
+
+    def _call(self, method: str, *args):
+        fn = getattr(self.ledger, method)
+        if hasattr(fn, "remote"):
+            import ray
+
+            return ray.get(fn.remote(*args))
+        return fn(*args)
+
+    def start(self, key: str, ids: list[str]) -> dict[str, int]:
+        return self._call("start", key, ids)
+
+    def narrow(self, key: str, ids: list[str]) -> None:
+        self._call("narrow", key, ids)
+
+    def finish(self, key: str) -> None:
+        self._call("finish", key)

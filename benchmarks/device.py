@@ -7,7 +7,7 @@ and installs them there once every part has arrived:
 
     here:   python benchmarks/device.py bundle [--vllm]        # -> build/device/part-01, part-02, ...
     there:  python benchmarks/device.py install                # after each carried part; says what is missing
-            PYTHONPATH=build/device/site python benchmarks/throughput.py --arch qwen2-vl-7b
+            PYTHONPATH=build/device/site python benchmarks/throughput.py --arch qwen2-vl-7b --modes 3,1,2
 
 Each part is carried in its own call (``carry=["build/device/part-NN"]``); the machine keeps the
 earlier ones while it is held. Wheels larger than a part are split, joined there and checked against
@@ -41,7 +41,8 @@ TARGET = {"python_version": "3.12", "abis": ("cp312", "abi3", "none"),
           + ("manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64", "any")}
 # What must import once installed, per group: the check that the bundle is whole.
 CHECKS = {"benchmark": ("qwen_vl_utils", "av", "decord", "requests"),
-          "vllm": ("vllm.entrypoints.llm", "vllm.v1.engine.core", "vllm.v1.worker.gpu_model_runner",
+          "vllm": ("vllm.entrypoints.llm", "vllm.v1.engine.async_llm", "vllm.v1.engine.core",
+                   "vllm.v1.worker.gpu_model_runner",
                    "vllm.model_executor.models.qwen2_vl", "vllm.multimodal.hasher")}
 
 

@@ -65,6 +65,8 @@ class ScoreConfig:
     enforce_eager: bool = option(False, group=_MODEL, help="vLLM: no CUDA graphs / torch.compile (fast start; use on CPU)")
     gpu_memory_utilization: float = option(0.9, group=_MODEL, help="vLLM: share of GPU memory to use")
     max_num_batched_tokens: int | None = option(None, group=_MODEL, parse=int, help="vLLM: tokens per engine step")
+    tensor_parallel_size: int = option(1, group=_MODEL, help="vLLM: GPUs one engine spans, for models that do not "
+                                       "fit one GPU (each scoring actor then asks for that many)")
     # Vague-to-Specific: long prompts' alignment from the manifest's v2s_vague/v2s_specific parts
     v2s: bool = option(False, group=_V2S, help="score the alignment of prompts longer than --v2s-min-words words in "
                        "parts, from the manifest's v2s_vague (text) and v2s_specific (list of texts) columns")
@@ -84,9 +86,11 @@ class ScoreConfig:
     fetch_attempts: int = option(StorageOptions.attempts, group=_STORAGE,
                                  help="tries per media object on transient storage errors")
     concurrency: int = option(1, group=_RAY, help="scoring actors (one engine each)")
-    num_gpus_per_actor: float | None = option(None, group=_RAY, parse=float,
-                                              help="GPUs per scoring actor (1 if the cluster has GPUs, else 0)")
-    num_cpus_per_actor: float = option(1.0, group=_RAY, help="CPUs reserved per scoring actor (fractions allowed)")
+    num_gpus_per_actor: float | None = option(None, group=_RAY, parse=float, help="GPUs per scoring actor "
+                                              "(--tensor-parallel-size if the cluster has GPUs, else 0)")
+    num_cpus_per_actor: float | None = option(None, group=_RAY, parse=float, help="CPUs reserved per scoring actor, "
+                                              "fractions allowed (2 on GPU clusters: vLLM's front-end and engine "
+                                              "core are two busy processes; else 1)")
     batch_size: int = option(16, group=_RAY, help="items per scoring call (every prompt of each)")
     decode_batch_size: int = option(4, group=_RAY, help="items per decode task")
     ray_address: str | None = option(None, group=_RAY, metavar="ADDRESS",
@@ -115,6 +119,19 @@ class ScoreConfig:
     @property
     def video(self) -> media.VideoOptions:
         return media.VideoOptions(self.video_fps, self.video_max_pixels, self.video_decoder)
+
+    def actor_resources(self, cluster_has_gpus: bool) -> tuple[float, float]:
+        """(CPUs, GPUs) one scoring actor asks for, the defaults resolved for the cluster."""
+        gpus = self.num_gpus_per_actor
+        if gpus is None:
+            gpus = float(self.tensor_parallel_size) if cluster_has_gpus else 0.0
+        if gpus < self.tensor_parallel_size > 1:
+            raise ConfigError(f"--tensor-parallel-size {self.tensor_parallel_size} needs that many GPUs per scoring "
+                              f"actor; it has {gpus:g} ({'--num-gpus-per-actor' if cluster_has_gpus else 'no GPUs here'})")
+        cpus = self.num_cpus_per_actor
+        if cpus is None:
+            cpus = 2.0 if gpus > 0 else 1.0
+        return cpus, gpus
 
     @property
     def scorer(self) -> QEvalScorer:
@@ -148,7 +165,11 @@ class ScoreConfig:
             problems.append("--video-fps must be positive")
         if self.video_decoder not in media.VIDEO_DECODERS:
             problems.append(f"--video-decoder {self.video_decoder!r}: choose one of {', '.join(media.VIDEO_DECODERS)}")
-        if self.num_cpus_per_actor < 0 or (self.num_gpus_per_actor is not None and self.num_gpus_per_actor < 0):
+        if self.tensor_parallel_size < 1:
+            problems.append("--tensor-parallel-size must be at least 1")
+        elif self.tensor_parallel_size > 1 and self.engine != "vllm":
+            problems.append("--tensor-parallel-size splits a model over GPUs with vLLM: use --engine vllm")
+        if any(v is not None and v < 0 for v in (self.num_cpus_per_actor, self.num_gpus_per_actor)):
             problems.append("--num-cpus-per-actor and --num-gpus-per-actor must not be negative")
         if not 0 < self.gpu_memory_utilization <= 1:
             problems.append("--gpu-memory-utilization must be in (0, 1]")

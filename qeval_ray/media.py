@@ -9,6 +9,7 @@ scaled to 8 bits; ``convert("RGB")`` would clip it to near white, as the referen
 
 from __future__ import annotations
 
+import hashlib
 import io
 import posixpath
 import warnings
@@ -38,6 +39,17 @@ class ImageOptions:
     min_pixels: int = DEFAULT_MIN_PIXELS
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # refuse larger source images (bombs)
+
+
+def pixel_digest(pixels: np.ndarray) -> str:
+    """The content digest of decoded media: sha256 of its shape and its pixels, hex.
+
+    Equal for the same file under two uris, different for the same file decoded at another size;
+    the engine's media cache key (vLLM's ``multi_modal_uuids``) and the output's ``media_digest``.
+    """
+    digest = hashlib.sha256(repr(tuple(pixels.shape)).encode())
+    digest.update(np.ascontiguousarray(pixels).data)
+    return digest.hexdigest()
 
 
 def infer_media_type(uri: str) -> str | None:

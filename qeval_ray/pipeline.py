@@ -26,14 +26,14 @@ from qeval_ray.testing.faults import FaultInjection
 ALREADY_COMPLETE = "already complete; nothing to do (--start-over to score again)"
 
 
-def score_stages(config: ScoreConfig, manifest: Manifest, scoring: ScoringOptions, gpus: float) -> list[StageSpec]:
+def score_stages(config: ScoreConfig, manifest: Manifest, scoring: ScoringOptions, actor: Resources) -> list[StageSpec]:
     """The stages between reading the manifest and writing the scores, in order."""
     scorer = config.scorer
     return [
         decode_stage(DecodeOptions(config.image, config.video, config.max_bytes, manifest.base_dir, config.storage),
                      scorer, manifest.schema, batch_size=config.decode_batch_size),
         score_stage(scoring, scorer, manifest.schema, actors=config.concurrency, batch_size=config.batch_size,
-                    resources=Resources(cpus=config.num_cpus_per_actor, gpus=gpus)),
+                    resources=actor),
     ]
 
 
@@ -48,9 +48,9 @@ def run_score_job(config: ScoreConfig) -> RunSummary:
 
     # A local instance needs a CPU for each scoring actor, the checkpoint filter of a resumed run
     # and at least one decode task, or the run would wait forever.
-    runtime.start_ray(config.ray_address, local_cpus=math.ceil(config.concurrency * config.num_cpus_per_actor) + 2)
-    gpus = config.num_gpus_per_actor if config.num_gpus_per_actor is not None else float(runtime.cluster_has_gpus())
-    engine = engine_config(config, gpus)
+    runtime.start_ray(config.ray_address, local_cpus=math.ceil(config.concurrency * config.actor_resources(True)[0]) + 2)
+    actor = Resources(*config.actor_resources(runtime.cluster_has_gpus()))
+    engine = engine_config(config, actor.gpus)
     provenance = make_provenance(config, engine)
     # Refuses an output made differently (RunMismatch) unless start_over.
     if layout.begin(run_fingerprint(config, provenance, manifest), config.start_over, settings) is RunState.COMPLETE:
@@ -59,7 +59,7 @@ def run_score_job(config: ScoreConfig) -> RunSummary:
     ledger = start_crash_ledger()  # which batch was in flight when a scoring actor died
     scoring = ScoringOptions(config.engine, engine, provenance, config.storage, crash_ledger=ledger,
                              max_crashes=config.max_crashes, faults=FaultInjection.from_environment())
-    stages = score_stages(config, manifest, scoring, gpus)
+    stages = score_stages(config, manifest, scoring, actor)
     check_plan(stages, manifest.schema.names)
     _show_progress()
     with checkpointing(layout):  # resumable: written ids are skipped by the read of a rerun

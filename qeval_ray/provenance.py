@@ -30,6 +30,7 @@ def engine_config(config: ScoreConfig, gpus: float) -> EngineConfig:
         enforce_eager=config.enforce_eager,
         gpu_memory_utilization=config.gpu_memory_utilization,
         max_num_batched_tokens=config.max_num_batched_tokens,
+        tensor_parallel_size=config.tensor_parallel_size,
     )
 
 

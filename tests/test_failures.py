@@ -141,6 +141,26 @@ def test_an_item_that_crashes_the_engine_ends_as_one_error_row(tmp_path, tiny_mo
     assert all(r["status"] == "ok" for i, r in rows.items() if i != poisoned)
 
 
+def test_a_dead_engine_ends_its_actor_and_the_batch_is_scored_by_a_new_one(tmp_path, tiny_model):
+    """vLLM's engine core dies mid-run (as after a GPU fault): the actor ends itself, Ray replaces it,
+    and the batch it held is scored again; nothing is lost or written twice."""
+    from qeval_ray.testing import synthetic
+
+    manifest = synthetic.make_corpus(tmp_path / "c", images=24, videos=0, with_errors=False, max_side=96)
+    out, marker = tmp_path / "out", tmp_path / "engine-killed"
+    args = job(manifest, out, tiny_model, "--enforce-eager", "--concurrency", "1")
+    args[args.index("--engine") + 1] = "vllm"
+    proc = subprocess.run(args, cwd=REPO, timeout=900,
+                          env=env(QEVAL_CHAOS=f"kill_engine_once={marker};hang_after=1"), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert marker.exists()  # the engine core really was killed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["scoring_actor_crashes"] >= 1
+    table = pq.read_table(out / "scores", columns=["id", "status"])
+    assert sorted(table.column("id").to_pylist()) == sorted(pq.read_table(manifest).column("id").to_pylist())
+    assert set(table.column("status").to_pylist()) == {"ok"}
+
+
 CLUSTER = """
 import json, sys, time
 from ray.cluster_utils import Cluster

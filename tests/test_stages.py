@@ -3,6 +3,7 @@ bisection of failing items and its crash accounting, and the plan check (a fake 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 
 import numpy as np
@@ -129,25 +130,25 @@ def test_failing_items_are_narrowed_down_and_the_rest_scored(tmp_path):
     prompts[5] = prompts[11] = "POISON"
     batch = _batch(tmp_path, prompts)
     engine = FakeEngine()
-    out = _stage(engine)(batch).to_pylist()
+    out = _score(_stage(engine), batch).to_pylist()
     failed = [r["id"] for r in out if r["status"] == "score_error"]
     assert failed == ["i5", "i11"] and all("chokes" in r["error"] for r in out if r["id"] in failed)
     assert all(r["quality"] is not None and r["alignment"] is not None for r in out if r["status"] == "ok")
     assert len(engine.calls) <= 1 + 2 * 2 * 4  # O(poisoned x log batch), not one call per item
     # Every other item scored exactly as it is alone.
-    alone = _stage(FakeEngine())(_batch(tmp_path, [prompts[0]])).to_pylist()[0]
+    alone = _score(_stage(FakeEngine()), _batch(tmp_path, [prompts[0]])).to_pylist()[0]
     assert (out[0]["quality"], out[0]["alignment"]) == (alone["quality"], alone["alignment"])
 
 
 def test_a_batch_that_crashed_an_actor_is_retried_item_by_item(tmp_path):
     batch = _batch(tmp_path, ["one", "two", "three"])
     ledger, engine = CrashLedger(), FakeEngine()
-    first = _stage(engine, ledger)(batch)  # scored as one call; the ledger's batch is finished
+    first = _score(_stage(engine, ledger), batch)  # scored as one call; the ledger's batch is finished
     assert engine.calls == [6] and ledger.inflight == {} and not ledger.crashes
     # Now pretend an actor died mid-batch: the batch is in flight when it starts again.
     ledger.start(_key(batch), ["i0", "i1", "i2"])
     engine = FakeEngine()
-    again = _stage(engine, ledger)(batch)
+    again = _score(_stage(engine, ledger), batch)
     assert engine.calls == [2, 2, 2] and ledger.events == 1  # one item at a time, each item charged once
     assert again.column("quality").to_pylist() == first.column("quality").to_pylist()
 
@@ -159,10 +160,75 @@ def test_an_item_that_keeps_crashing_becomes_an_error_row(tmp_path):
         ledger.start(_key(batch), ["i0", "i1", "i2"])
         ledger.narrow(_key(batch), ["i1"])
     engine = FakeEngine()
-    out = _stage(engine, ledger, max_crashes=2)(batch).to_pylist()
+    out = _score(_stage(engine, ledger, max_crashes=2), batch).to_pylist()
     assert [r["status"] for r in out] == ["ok", "score_error", "ok"]
     assert "crashed the scoring engine 2 times" in out[1]["error"]
     assert engine.calls == [2, 2]  # the culprit was not tried again
+
+
+class FakeConcurrentEngine(FakeEngine):
+    """Fed item by item, many at once (as vLLM's AsyncLLM): records how many items were in flight."""
+
+    concurrent = True
+
+    def __init__(self):
+        super().__init__()
+        self.in_flight = self.most_in_flight = 0
+
+    async def item_logprobs(self, requests, token_ids):
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(0.01)  # the engine works; other items enter meanwhile
+            return self.next_token_logprobs(requests, token_ids)
+        finally:
+            self.in_flight -= 1
+
+
+def test_a_concurrent_engine_gets_every_item_at_once_and_each_fails_alone(tmp_path):
+    prompts = [f"a picture {k}" for k in range(8)]
+    prompts[3] = "POISON"
+    batch = _batch(tmp_path, prompts)
+    engine = FakeConcurrentEngine()
+    out = _score(_stage(engine), batch).to_pylist()
+    assert [r["status"] for r in out] == ["ok"] * 3 + ["score_error"] + ["ok"] * 4
+    assert engine.most_in_flight == 8 and engine.calls == [2] * 8  # all at once; one call per item, no bisection
+    batch_engine = _score(_stage(FakeEngine()), batch).to_pylist()
+    assert [r["quality"] for r in out] == [r["quality"] for r in batch_engine]  # the same scores
+
+
+def test_batches_in_flight_share_one_concurrent_engine(tmp_path):
+    stage = _stage(FakeConcurrentEngine())
+    engine = stage.engine
+    batches = [_batch(tmp_path, [f"batch {b} item {k}" for k in range(4)]) for b in range(3)]
+
+    async def three_at_once():
+        return await asyncio.gather(*(stage(b) for b in batches))
+
+    outs = asyncio.run(three_at_once())
+    assert engine.most_in_flight == 12  # the next batch's items enter before the current drains
+    assert [o.column("id").to_pylist() for o in outs] == [b.column("id").to_pylist() for b in batches]
+
+
+def test_the_media_digest_is_the_pixels_digest_whatever_the_uri(tmp_path):
+    import shutil
+
+    from qeval_ray import media
+
+    synthetic.save_image(tmp_path / "img.png", synthetic.pattern(60, 90, 1))
+    shutil.copy(tmp_path / "img.png", tmp_path / "copy.png")
+    synthetic.save_image(tmp_path / "other.png", synthetic.pattern(60, 90, 2))
+    batch = pa.Table.from_pylist([{"id": i, "uri": u, "prompt": "p", "media_type": None} for i, u in
+                                  [("a", "img.png"), ("b", "copy.png"), ("c", "other.png")]], schema=MANIFEST)
+    out = DecodeStage(DecodeOptions(base_dir=str(tmp_path)), QEvalScorer(), MANIFEST)(batch).to_pylist()
+    pixels = media.decode_image((tmp_path / "img.png").read_bytes(), DecodeOptions().image)
+    expected = hashlib.sha256(repr(pixels.shape).encode() + pixels.tobytes()).hexdigest()
+    assert out[0]["media_digest"] == out[1]["media_digest"] == expected
+    assert out[2]["media_digest"] != expected
+
+
+def _score(stage, batch):
+    return asyncio.run(stage(batch))
 
 
 def _key(batch):
@@ -181,7 +247,7 @@ def test_the_score_job_plan_provides_every_column_a_stage_needs():
     stages = [decode_stage(DecodeOptions(), scorer, MANIFEST, batch_size=4),
               score_stage(options, scorer, MANIFEST, actors=1, batch_size=8, resources=Resources())]
     check_plan(stages, MANIFEST.names)
-    with pytest.raises(PlanError, match="'score' needs status, _pixels, _pixels_shape"):
+    with pytest.raises(PlanError, match="'score' needs status, media_digest, _pixels, _pixels_shape"):
         check_plan(stages[1:], MANIFEST.names)
     assert stages[0].actors is None and stages[1].actors == 1
 
@@ -193,3 +259,32 @@ def test_v2s_columns_are_needed_only_with_v2s():
     with pytest.raises(PlanError, match="v2s_vague, v2s_specific"):
         check_plan([spec], MANIFEST.names)
     assert isinstance(spec, StageSpec)
+
+
+@pytest.mark.slow  # Ray plans the dataset
+def test_decoding_is_never_fused_into_the_scoring_actors(ray_local, capsys):
+    """With one CPU per scoring actor and no GPU, Ray Data would run decoding inside the actor."""
+    import dataclasses
+
+    import ray.data
+
+    from qeval_ray.stages.base import Resources
+
+    scorer = QEvalScorer()
+    decode = decode_stage(DecodeOptions(), scorer, MANIFEST, batch_size=4)
+    score = score_stage(ScoringOptions("hf", EngineConfig(model="m"), PROVENANCE), scorer, MANIFEST, actors=1,
+                        batch_size=8, resources=Resources(cpus=1))
+
+    def physical_plan(stages):
+        ds = ray.data.from_items([{"id": "a", "uri": "a.png", "prompt": "p", "media_type": None}])
+        for stage in stages:
+            ds = stage.apply(ds)
+        ds.explain()
+        return capsys.readouterr().out.split("Physical Plan (Optimized)")[1]
+
+    plan = physical_plan([decode, score])
+    assert "TaskPoolMapOperator[MapBatches(DecodeStage)]" in plan
+    assert "ActorPoolMapOperator[MapBatches(ScoreStage)]" in plan
+    # Asking for the same resources, Ray Data fuses them: the check above can fail.
+    fused = physical_plan([dataclasses.replace(decode, resources=score.resources), score])
+    assert "MapBatches(DecodeStage)->MapBatches(ScoreStage)" in fused

@@ -1,6 +1,7 @@
 """Vague-to-Specific: which rows are scored in parts, the parts' checks, and the combined score equal
 to the parts scored as prompts of their own, through the real decode and score stages and the job."""
 
+import asyncio
 import json
 
 import numpy as np
@@ -99,7 +100,7 @@ def _score(rows, image_dir, engine, options):
     provenance = Provenance("tiny", "r", "v", "hf", "float32", "test")
     score = ScoreStage(ScoringOptions("hf", EngineConfig(model="unused"), provenance), scorer, table.schema,
                        engine=engine)
-    out = score(decode(table))
+    out = asyncio.run(score(decode(table)))
     return {r["id"]: r for r in out.to_pylist()}, out
 
 

@@ -64,7 +64,9 @@ _CORE_FIELDS = [
     pa.field(STATUS, pa.string(), nullable=False),
     pa.field(ERROR, pa.string()),
 ]
-# What the model saw: the decoded size (per frame for videos) and, for videos, the sampling.
+# What the model saw: the decoded size (per frame for videos), for videos the sampling, and the
+# content digest of the pixels (equal for equal media however they are named).
+MEDIA_DIGEST = "media_digest"
 MEDIA_FIELDS = [
     pa.field("media_height", pa.int32()),
     pa.field("media_width", pa.int32()),
@@ -72,6 +74,7 @@ MEDIA_FIELDS = [
     pa.field("source_fps", pa.float64()),
     pa.field("source_frames", pa.int32()),
     pa.field("sample_fps", pa.float64()),
+    pa.field(MEDIA_DIGEST, pa.string()),  # the decoded pixels' content digest (media.pixel_digest)
 ]
 # How the row's media was read: retries of transient storage errors (throttling, 5xx, resets).
 FETCH_RETRIES = "fetch_retries"

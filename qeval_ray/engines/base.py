@@ -5,6 +5,14 @@ prompt the same way (:func:`chat_prompt`: the Qwen2-VL chat template, default sy
 user turn with the media first) and return, per request, the full-vocabulary log-probs of the
 tokens asked for at the next-token position. Engines know nothing about scorers: which texts to
 ask and which tokens to read is the scorer's business (``qeval_ray.scorers``).
+
+Two ways of being fed, by what suits the engine:
+
+- a *batch* engine (HF) takes many items in one blocking call, :meth:`Engine.next_token_logprobs`;
+  the caller narrows a failing call down to its items;
+- a *concurrent* engine (vLLM's ``AsyncLLM``) takes each item's prompts as separate requests,
+  :meth:`Engine.item_logprobs`, awaited for many items and batches at once, so the engine never
+  drains between batches; each item fails alone.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ class EngineConfig:
     hf_batch_size: int = 8  # HF: sequences per forward pass
     seed: int = 0
     load_format: str = "auto"  # "dummy": random weights from the config (benchmarks of the architecture)
+    tensor_parallel_size: int = 1  # vLLM: GPUs one engine spans (models that do not fit one GPU)
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,7 @@ class Media:
 
     kind: str  # "image" | "video"
     pixels: np.ndarray
+    digest: str | None = None  # content digest of the pixels (media.pixel_digest): the engine's cache key
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,7 @@ class ScoreRequest:
 
 class Engine(ABC):
     name: ClassVar[str]
+    concurrent: ClassVar[bool] = False  # see the module doc: fed item by item, many at once
 
     def __init__(self, config: EngineConfig):
         self.config = config
@@ -58,10 +69,18 @@ class Engine(ABC):
     @abstractmethod
     def tokenizer(self): ...
 
-    @abstractmethod
     def next_token_logprobs(self, requests: Sequence[ScoreRequest], token_ids: Sequence[int]) -> np.ndarray:
         """A ``(len(requests), len(token_ids))`` array of log-probs (softmax over the whole vocabulary)
-        at the position after each prompt, rows in request order. Raises if any request fails."""
+        at the position after each prompt, rows in request order. Raises if any request fails.
+        Batch engines implement this."""
+        raise NotImplementedError(f"the {self.name} engine is fed item by item (item_logprobs)")
+
+    async def item_logprobs(self, requests: Sequence[ScoreRequest], token_ids: Sequence[int]) -> np.ndarray:
+        """The same for one item's requests (all about the same media), awaited: concurrent engines
+        implement this; a batch engine runs its batched call in a worker thread."""
+        import asyncio
+
+        return await asyncio.to_thread(self.next_token_logprobs, requests, token_ids)
 
     def token_ids(self, words: Sequence[str]) -> list[int]:
         """The ids to read for ``words``: the first sub-token id of each, distinct (see
@@ -71,8 +90,11 @@ class Engine(ABC):
             raise ValueError(f"the words do not map to distinct token ids: {dict(zip(words, ids))}")
         return ids
 
-    def reset_caches(self) -> None:  # noqa: B027 - engines without caches need nothing here
+    async def reset_caches(self) -> None:  # noqa: B027 - engines without caches need nothing here
         """Forget cached prefixes and media (benchmarks: every timed run starts cold)."""
+
+    def close(self) -> None:  # noqa: B027 - engines without processes or threads need nothing here
+        """Release the engine (its processes) before the actor exits."""
 
     def is_fatal(self, error: BaseException) -> bool:
         """Whether ``error`` leaves the engine unusable (the actor must be replaced, not the item

@@ -16,6 +16,7 @@ stage needs is given by the manifest or by a stage before it.
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -54,12 +55,24 @@ class Stage(ABC):
     def process(self, batch: pa.Table) -> pa.Table: ...
 
 
+class AsyncStage(Stage):
+    """A stage whose ``process`` is a coroutine: Ray Data awaits several of its batches at once in
+    one actor (outside Ray, ``asyncio.run(stage(batch))``)."""
+
+    async def __call__(self, batch: pa.Table) -> pa.Table:
+        batch = self.prepare(batch)
+        out = await self.process(batch)
+        check_rows(type(self).__name__, batch, out)
+        return out
+
+
 @dataclass(frozen=True)
 class Resources:
     """What one task or actor of a stage asks Ray for (fractions allowed)."""
 
     cpus: float = 1.0
     gpus: float = 0.0
+    memory: int | None = None  # bytes of memory reserved per task or actor (None: none reserved)
 
 
 @dataclass(frozen=True)
@@ -78,20 +91,27 @@ class StageSpec:
     batch_size: int
     resources: Resources = field(default_factory=Resources)
     actors: int | None = None
-    # Two batches in flight per actor: the next is queued while one is processed, and a pool
-    # still spreads a small corpus over all its actors.
+    # Batches each actor holds at once: an async stage (AsyncStage) works on all of them together;
+    # for any stage the next is queued while one is processed.
     batches_in_flight_per_actor: int = 2
 
     def apply(self, ds):
         """``ds`` with this stage applied (lazily: nothing runs until the dataset is consumed)."""
+        # Ray Data fuses a task stage into the actor stage after it only when they ask for the same
+        # resources: stages that declare different ones always run apart.
         common = dict(batch_size=self.batch_size, batch_format="pyarrow", udf_modifying_row_count=False,
-                      num_cpus=self.resources.cpus, num_gpus=self.resources.gpus or None)
+                      num_cpus=self.resources.cpus, num_gpus=self.resources.gpus or None,
+                      memory=self.resources.memory)
         if self.actors is None:
             return ds.map_batches(self.udf(**self.kwargs), **common)
         import ray.data
 
-        pool = ray.data.ActorPoolStrategy(size=self.actors, max_tasks_in_flight_per_actor=self.batches_in_flight_per_actor)
+        is_async = inspect.iscoroutinefunction(self.udf.__call__)
+        pool = ray.data.ActorPoolStrategy(
+            size=self.actors, max_tasks_in_flight_per_actor=self.batches_in_flight_per_actor,
+            max_concurrent_calls_per_actor=self.batches_in_flight_per_actor if is_async else None)
         return ds.map_batches(self.udf, fn_constructor_kwargs=self.kwargs, compute=pool, **common)
+
 
 
 class PlanError(ValueError):

@@ -47,24 +47,22 @@ def start_crash_ledger():
 
 
 class LedgerClient:
-    """Calls a ledger whether it is a Ray actor (the job) or a plain object (unit tests)."""
+    """Awaits a ledger whether it is a Ray actor (the job) or a plain object (unit tests)."""
 
     def __init__(self, ledger):
         self.ledger = ledger
 
-    def _call(self, method: str, *args):
+    async def _call(self, method: str, *args):
         fn = getattr(self.ledger, method)
         if hasattr(fn, "remote"):
-            import ray
-
-            return ray.get(fn.remote(*args))
+            return await fn.remote(*args)  # an ObjectRef: awaited without blocking the actor's loop
         return fn(*args)
 
-    def start(self, key: str, ids: list[str]) -> dict[str, int]:
-        return self._call("start", key, ids)
+    async def start(self, key: str, ids: list[str]) -> dict[str, int]:
+        return await self._call("start", key, ids)
 
-    def narrow(self, key: str, ids: list[str]) -> None:
-        self._call("narrow", key, ids)
+    async def narrow(self, key: str, ids: list[str]) -> None:
+        await self._call("narrow", key, ids)
 
-    def finish(self, key: str) -> None:
-        self._call("finish", key)
+    async def finish(self, key: str) -> None:
+        await self._call("finish", key)

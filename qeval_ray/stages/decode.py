@@ -17,6 +17,7 @@ from qeval_ray.contracts.schema import (
     ERROR,
     FETCH_RETRIES,
     ID,
+    MEDIA_DIGEST,
     MEDIA_FIELDS,
     MEDIA_TYPE,
     MEDIA_TYPES,
@@ -45,10 +46,17 @@ class DecodeOptions:
 ADDS = (MEDIA_TYPE, STATUS, ERROR, *(f.name for f in MEDIA_FIELDS), FETCH_RETRIES, PIXELS, PIXELS_SHAPE)
 
 
+# Memory reserved per decode task: the stage's peak on a 60 s 1080p clip was 389 MB (README,
+# benchmarks/decode.py). Declaring it also keeps decoding out of the scoring actors: Ray Data fuses
+# only stages that ask for the same resources, and decoding inside an actor would stall its engine.
+DECODE_MEMORY = 512 * 2**20
+
+
 def decode_stage(options: DecodeOptions, scorer: Scorer, manifest_schema: pa.Schema, batch_size: int) -> StageSpec:
-    """Stateless CPU tasks, one CPU each."""
+    """Stateless CPU tasks, one CPU each, never fused into the scoring actors."""
     return StageSpec("decode", DecodeStage, dict(options=options, scorer=scorer, manifest_schema=manifest_schema),
-                     needs=(ID, URI, *scorer.inputs()), adds=ADDS, batch_size=batch_size, resources=Resources(cpus=1))
+                     needs=(ID, URI, *scorer.inputs()), adds=ADDS, batch_size=batch_size,
+                     resources=Resources(cpus=1, memory=DECODE_MEMORY))
 
 
 class _RowFailed(Exception):
@@ -112,6 +120,7 @@ class DecodeStage(Stage):
         values.update({
             "media_height": pixels.shape[-3],
             "media_width": pixels.shape[-2],
+            MEDIA_DIGEST: media.pixel_digest(pixels),  # hashed once, here: the engine reuses it
             PIXELS: pixels.tobytes(),
             PIXELS_SHAPE: list(pixels.shape),
         })

@@ -1,11 +1,16 @@
 """The score stage (actors, one engine each): decoded items -> the scorer's prompts -> the engine ->
 the scorer's columns.
 
-Every prompt of one item (each aspect's; a long prompt's V2S parts) goes to the engine in the same
-call, one after the other, so the media prefix is computed once per item. If a call fails, the
-batch is split in halves (an item's prompts stay together) until the failing items are found:
-they become ``score_error`` rows, the rest are scored. A poisonous item costs O(log batch) extra
-calls, never the batch.
+The stage is an async UDF: Ray Data keeps several batches in flight in each actor
+(``batches_in_flight_per_actor``), so while one batch's answers are turned into columns, the next
+batch's requests are already in the engine. How an item's prompts reach the engine depends on the
+engine (``engines.base``):
+
+- a concurrent engine (vLLM) gets each item on its own, all items of all batches in flight at
+  once; an item whose requests fail becomes a ``score_error`` row and nothing else is touched;
+- a batch engine (HF) gets the batch in one call, one call at a time; if the call fails, the batch
+  is split in halves (an item's prompts stay together) until the failing items are found: a
+  poisonous item costs O(log batch) extra calls, never the batch.
 
 Items that kill the process instead are handled with Ray and the :mod:`crash ledger
 <qeval_ray.stages.crash_ledger>`: a batch that crashed an actor is retried item by item, and an
@@ -16,6 +21,7 @@ replaces it.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import logging
@@ -30,6 +36,7 @@ from qeval_ray import storage
 from qeval_ray.contracts.schema import (
     ERROR,
     ID,
+    MEDIA_DIGEST,
     MEDIA_TYPE,
     PIXELS,
     PIXELS_SHAPE,
@@ -42,7 +49,7 @@ from qeval_ray.contracts.schema import (
 from qeval_ray.engines import load_engine
 from qeval_ray.engines.base import Engine, EngineConfig, Media, ScoreRequest
 from qeval_ray.scorers.base import Scorer
-from qeval_ray.stages.base import Resources, Stage, StageSpec, still_ok, with_columns
+from qeval_ray.stages.base import AsyncStage, Resources, StageSpec, still_ok, with_columns
 from qeval_ray.stages.crash_ledger import LedgerClient
 from qeval_ray.stages.decode import pixels_of
 
@@ -61,12 +68,13 @@ class ScoringOptions:
 
 
 def score_stage(options: ScoringOptions, scorer: Scorer, manifest_schema: pa.Schema, *, actors: int,
-                batch_size: int, resources: Resources) -> StageSpec:
-    """A pool of ``actors`` actors, each holding one engine."""
+                batch_size: int, resources: Resources, batches_in_flight: int = 4) -> StageSpec:
+    """A pool of ``actors`` actors, each holding one engine and ``batches_in_flight`` batches."""
     adds = (STATUS, ERROR, *(f.name for f in scorer.fields()), *options.provenance.as_dict())
     return StageSpec("score", ScoreStage, dict(options=options, scorer=scorer, manifest_schema=manifest_schema),
-                     needs=(ID, STATUS, MEDIA_TYPE, PIXELS, PIXELS_SHAPE, *scorer.inputs()), adds=adds,
-                     batch_size=batch_size, resources=resources, actors=actors)
+                     needs=(ID, STATUS, MEDIA_TYPE, MEDIA_DIGEST, PIXELS, PIXELS_SHAPE, *scorer.inputs()),
+                     adds=adds, batch_size=batch_size, resources=resources, actors=actors,
+                     batches_in_flight_per_actor=batches_in_flight)
 
 
 @dataclass
@@ -90,8 +98,9 @@ class _Item:
         return out
 
 
-class ScoreStage(Stage):
-    """A callable class: Ray Data runs it in an actor pool and builds the engine once per actor."""
+class ScoreStage(AsyncStage):
+    """An async callable class: Ray Data runs it in an actor pool, builds the engine once per actor
+    and awaits several batches at once in each actor."""
 
     def __init__(self, options: ScoringOptions, scorer: Scorer, manifest_schema: pa.Schema,
                  engine: Engine | None = None):
@@ -101,47 +110,37 @@ class ScoreStage(Stage):
         self.engine = engine or load_engine(options.engine, _local_model(options))
         self.token_ids = self.engine.token_ids(scorer.tokens)
         self.ledger = LedgerClient(options.crash_ledger) if options.crash_ledger is not None else None
+        self._one_call_at_a_time = asyncio.Lock()  # a batch engine computes one call at a time
+
+    def __del__(self):
+        # Ray Data drops the stage when the actor pool shuts down gracefully.
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.close()
+
+    async def process(self, batch: pa.Table) -> pa.Table:
+        items = self._items(batch)
+        return self._columns(batch, items, await self._score_batch(items))
 
     def _items(self, batch: pa.Table) -> list[_Item]:
         ok = still_ok(batch)
-        columns = list(dict.fromkeys([ID, MEDIA_TYPE, PIXELS, PIXELS_SHAPE, *self.scorer.inputs()]))
+        columns = list(dict.fromkeys([ID, MEDIA_TYPE, MEDIA_DIGEST, PIXELS, PIXELS_SHAPE, *self.scorer.inputs()]))
         items = []
         for i, row in enumerate(batch.select(columns).to_pylist()):
             if ok[i]:
-                media = Media(row[MEDIA_TYPE], pixels_of(row[PIXELS], row[PIXELS_SHAPE]))
+                media = Media(row[MEDIA_TYPE], pixels_of(row[PIXELS], row[PIXELS_SHAPE]), row[MEDIA_DIGEST])
                 items.append(_Item(i, row[ID], self.scorer.prompts(row, media.kind), media))
         return items
 
-    def _score(self, items: Sequence[_Item]) -> dict[int, np.ndarray | str]:
-        """Row -> (prompts x tokens) log-probs in the item's request order, or the error message."""
-        if not items:
-            return {}
-        requests = [r for item in items for r in item.requests]
-        if self.options.faults is not None:
-            self.options.faults.before_engine([r.text for r in requests])
-        try:
-            flat = self.engine.next_token_logprobs(requests, self.token_ids)
-        except Exception as e:  # noqa: BLE001 - isolate the item that fails, keep the rest
-            if self.engine.is_fatal(e):
-                log.error("the engine cannot continue (%s: %s); ending this actor so Ray replaces it",
-                          type(e).__name__, e)
-                os._exit(70)
-            if len(items) == 1:
-                log.warning("scoring row %d failed: %s", items[0].row, e)
-                return {items[0].row: f"{type(e).__name__}: {e}"}
-            half = len(items) // 2
-            return {**self._score(items[:half]), **self._score(items[half:])}
-        ends = np.cumsum([len(item.requests) for item in items])
-        return {item.row: flat[end - len(item.requests):end] for item, end in zip(items, ends)}
-
-    def _score_batch(self, items: list[_Item]) -> dict[int, np.ndarray | str]:
-        """Score a batch, with crash accounting when a ledger is configured."""
+    async def _score_batch(self, items: list[_Item]) -> dict[int, np.ndarray | str]:
+        """Row -> (prompts x tokens) log-probs in the item's request order, or the error message;
+        with crash accounting when a ledger is configured."""
         if self.ledger is None or not items:
-            return self._score(items)
+            return await self._score(items)
         key = hashlib.sha256("\0".join(sorted(i.id for i in items)).encode()).hexdigest()
-        crashes = self.ledger.start(key, [i.id for i in items])
+        crashes = await self.ledger.start(key, [i.id for i in items])
         if not any(crashes.values()):
-            results = self._score(items)
+            results = await self._score(items)
         else:  # this batch crashed an actor before: one item at a time, so only the culprit pays
             results = {}
             for item in items:
@@ -149,14 +148,53 @@ class ScoreStage(Stage):
                     results[item.row] = (f"crashed the scoring engine {crashes[item.id]} times; "
                                          "not scored again (--max-crashes)")
                     continue
-                self.ledger.narrow(key, [item.id])
-                results.update(self._score([item]))
-        self.ledger.finish(key)
+                await self.ledger.narrow(key, [item.id])
+                results.update(await self._score([item]))
+        await self.ledger.finish(key)
         return results
 
-    def process(self, batch: pa.Table) -> pa.Table:
-        items = self._items(batch)
-        results = self._score_batch(items)
+    async def _score(self, items: Sequence[_Item]) -> dict[int, np.ndarray | str]:
+        if not items:
+            return {}
+        if self.options.faults is not None:
+            self.options.faults.before_engine([r.text for item in items for r in item.requests])
+        if self.engine.concurrent:
+            answers = await asyncio.gather(*(self._score_item(item) for item in items))
+            return {item.row: answer for item, answer in zip(items, answers)}
+        async with self._one_call_at_a_time:
+            return await asyncio.to_thread(self._bisect, items)
+
+    async def _score_item(self, item: _Item) -> np.ndarray | str:
+        try:
+            return await self.engine.item_logprobs(item.requests, self.token_ids)
+        except Exception as e:  # noqa: BLE001 - the item fails alone
+            return self._failed(item, e)
+
+    def _bisect(self, items: Sequence[_Item]) -> dict[int, np.ndarray | str]:
+        requests = [r for item in items for r in item.requests]
+        try:
+            flat = self.engine.next_token_logprobs(requests, self.token_ids)
+        except Exception as e:  # noqa: BLE001 - isolate the item that fails, keep the rest
+            if len(items) == 1:
+                return {items[0].row: self._failed(items[0], e)}
+            self._end_if_fatal(e)
+            half = len(items) // 2
+            return {**self._bisect(items[:half]), **self._bisect(items[half:])}
+        ends = np.cumsum([len(item.requests) for item in items])
+        return {item.row: flat[end - len(item.requests):end] for item, end in zip(items, ends)}
+
+    def _failed(self, item: _Item, error: BaseException) -> str:
+        self._end_if_fatal(error)
+        log.warning("scoring %s failed: %s: %s", item.id, type(error).__name__, error)
+        return f"{type(error).__name__}: {error}"
+
+    def _end_if_fatal(self, error: BaseException) -> None:
+        if self.engine.is_fatal(error):
+            log.error("the engine cannot continue (%s: %s); ending this actor so Ray replaces it",
+                      type(error).__name__, error)
+            os._exit(70)
+
+    def _columns(self, batch: pa.Table, items: list[_Item], results: dict[int, np.ndarray | str]) -> pa.Table:
         n = batch.num_rows
         status = batch.column(STATUS).to_pylist()
         error = batch.column(ERROR).to_pylist()

@@ -50,7 +50,7 @@ def make_scores(out: Path, rows: int, seed: int = 0, files: int = 8) -> None:
             "unneeded": ["x" * 300] * n,
         })
         pq.write_table(table, out / "scores" / f"part-{f}.parquet")
-    (out / "summary.json").write_text(json.dumps({"provenance": {"engine": "benchmark"}}))
+    (out / "_summary.json").write_text(json.dumps({"provenance": {"engine": "benchmark"}}))
 
 
 def main(argv=None) -> dict:

@@ -5,7 +5,7 @@ as the corpus grows.
 
 In one run of the script, on generated corpora of small images and the tiny model (CPU):
 - the full job on the small and the large corpus (time, and the driver's own peak memory, which
-  the job records in summary.json), and
+  the job records in _summary.json), and
 - the same command again over each finished output (it must find everything done).
 It prints the rerun/full time ratios (goal: at most 5%) and the driver peak memory ratio
 large/small (goal: flat, at most 1.2x).
@@ -36,7 +36,7 @@ def run_job(manifest: Path, out: Path, model: str, engine: str) -> tuple[float, 
     elapsed = time.perf_counter() - t
     if proc.returncode != 0:
         sys.exit(proc.stderr[-3000:])
-    return elapsed, json.loads((out / "summary.json").read_text()), proc.stdout
+    return elapsed, json.loads((out / "_summary.json").read_text()), proc.stdout
 
 
 def main(argv=None) -> dict:

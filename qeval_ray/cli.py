@@ -17,20 +17,29 @@ EXIT_USAGE = 2  # argparse's own code for bad options
 
 
 def _log_to_stderr() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def score_main(argv: list[str] | None = None) -> int:
     _log_to_stderr()
     try:
         config = parse_score_args(argv)
-        from qeval_ray.pipeline import run_score_job  # Ray and the engines load only for a valid run
-
-        summary = run_score_job(config)
-    except (ConfigError, ManifestError, OutputError, RunMismatch) as e:
+    except ConfigError as e:
         print(f"qeval-ray: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    print(summary.format())
+    from qeval_ray.console import Console
+    from qeval_ray.pipeline import run_score_job  # Ray and the engines load only for a valid run
+    from qeval_ray.runtime import stop_ray
+
+    with Console(verbose=config.verbose, log_dir=config.log_dir) as console:
+        try:
+            summary = run_score_job(config, console)
+        except (ConfigError, ManifestError, OutputError, RunMismatch) as e:
+            console.line(f"error: {e}")
+            return EXIT_USAGE
+        finally:
+            stop_ray()  # while the logs still go to the log folder: actors log as they shut down
+        console.print(summary.format())
     return 0
 
 
@@ -59,7 +68,7 @@ def report_main(argv: list[str] | None = None) -> int:
     config = parse_report_args(argv)
     layout = OutputLayout(config.scores, config.storage)
     if layout.is_unfinished() and not config.allow_incomplete:
-        print(f"qeval-ray report: error: {storage.redact(config.scores)} has no summary.json: the run did not finish "
+        print(f"qeval-ray report: error: {storage.redact(config.scores)} has no _summary.json: the run did not finish "
               "(rerun it to complete, or pass --allow-incomplete)", file=sys.stderr)
         return EXIT_USAGE
     provenance = (layout.read_summary() or {}).get("provenance", {})

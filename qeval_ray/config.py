@@ -14,7 +14,8 @@ from qeval_ray import media
 from qeval_ray.storage import DEFAULT_MAX_BYTES, StorageOptions
 from qeval_ray.v2s import DEFAULT_VAGUE_WEIGHT, LONG_PROMPT_WORDS, MAX_SPECIFIC, V2SOptions
 from qeval_ray.engines import ENGINE_NAMES
-from qeval_ray.options import build_parser, comma_list, option, parse_config
+from qeval_ray import __version__
+from qeval_ray.options import build_parser, choice_problem, comma_list, did_you_mean, option, parse_config
 from qeval_ray.report.options import MetricOptions, ReportOptions
 from qeval_ray.scorers.qeval import ASPECTS, QEvalScorer
 
@@ -45,15 +46,18 @@ def _io_problems(config) -> list[str]:
     return problems
 
 
-_IO, _MODEL, _V2S, _MEDIA, _STORAGE, _RAY, _RUNS = (
+_IO, _MODEL, _V2S, _MEDIA, _STORAGE, _RAY, _RUNS, _SHOWN = (
     "input and output", "model", "vague-to-specific (long prompts' alignment in parts)", "media", "storage",
-    "ray", "runs")
+    "ray", "runs", "what the job prints")
 
 
 @dataclass(frozen=True)
 class ScoreConfig:
     input: str = option(group=_IO, help="manifest: parquet/jsonl/csv file, directory or glob (local, file://, s3://, gs://)")
-    output: str = option(group=_IO, help="output directory; scores go to OUTPUT/scores/*.parquet")
+    output: str = option(group=_IO, help="output directory: scores in OUTPUT/scores/, the summary in "
+                         "OUTPUT/_summary.json, the report in OUTPUT/_report/")
+    state_dir: str | None = option(None, group=_IO, metavar="DIR", help="the run's bookkeeping (run record, "
+                                   "checkpoint) (default: .NAME.qeval beside OUTPUT)")
     model: str = option(DEFAULT_MODEL, group=_MODEL, help="Hugging Face id or local directory of the scorer")
     revision: str | None = option(None, group=_MODEL, help="model revision (branch, tag or commit) to pin")
     engine: str = option("vllm", group=_MODEL, choices=ENGINE_NAMES, help="scoring engine")
@@ -103,6 +107,12 @@ class ScoreConfig:
                               "a score_error row")
     report: bool = option(True, group=_RUNS, flag="--no-report",
                           help="skip the correlation report (made when the manifest has quality_mos/alignment_mos)")
+    verbose: bool = option(False, group=_SHOWN, help="show Ray's, Ray Data's and the engines' own logs and "
+                           "progress bars here, instead of in the run's log folder")
+    progress_interval: float = option(30.0, group=_SHOWN, help="seconds between progress lines when the output "
+                                      "is not a terminal (in a terminal the line is redrawn every second)")
+    log_dir: str | None = option(None, group=_SHOWN, metavar="DIR", help="the run's log folder (default: a new "
+                                 "folder under the system's temporary directory; its path is printed)")
 
     @property
     def storage(self) -> StorageOptions:
@@ -139,13 +149,15 @@ class ScoreConfig:
 
     def validate(self) -> "ScoreConfig":
         problems = []
-        if self.engine not in ENGINE_NAMES:
-            problems.append(f"--engine {self.engine!r}: choose one of {', '.join(ENGINE_NAMES)}")
-        elif self.engine == "vllm" and importlib.util.find_spec("vllm") is None:
+        problems += [p for p in (choice_problem("--engine", self.engine, ENGINE_NAMES),
+                                 choice_problem("--dtype", self.dtype, DTYPES),
+                                 choice_problem("--video-decoder", self.video_decoder, media.VIDEO_DECODERS)) if p]
+        if self.engine == "vllm" and importlib.util.find_spec("vllm") is None:
             problems.append("--engine vllm: vLLM is not installed here (pip install vllm), or use --engine hf")
         unknown = [a for a in self.aspects if a not in ASPECTS]
         if unknown or not self.aspects:
-            problems.append(f"--aspects {','.join(self.aspects)!r}: choose from {', '.join(ASPECTS)}")
+            named = "; ".join(f"{a!r} is not an aspect{did_you_mean(a, ASPECTS)}" for a in unknown) or "none given"
+            problems.append(f"--aspects {','.join(self.aspects)!r}: {named}; choose from {', '.join(ASPECTS)}")
         if len(set(self.aspects)) != len(self.aspects):
             problems.append(f"--aspects {','.join(self.aspects)!r} names an aspect twice")
         if self.v2s and "alignment" not in self.aspects:
@@ -154,8 +166,6 @@ class ScoreConfig:
             problems.append("--v2s-vague-weight must be in [0, 1] (the specific parts get the rest)")
         if self.v2s_min_words < 0:
             problems.append("--v2s-min-words must not be negative")
-        if self.dtype not in DTYPES:
-            problems.append(f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
         problems += _at_least_one(self, ("min_pixels", "max_pixels", "max_image_pixels", "video_max_pixels",
                                          "max_bytes", "concurrency", "batch_size", "decode_batch_size",
                                          "fetch_attempts", "rows_per_file", "max_crashes"))
@@ -163,14 +173,14 @@ class ScoreConfig:
             problems.append("--min-pixels must not exceed --max-pixels")
         if not self.video_fps > 0:
             problems.append("--video-fps must be positive")
-        if self.video_decoder not in media.VIDEO_DECODERS:
-            problems.append(f"--video-decoder {self.video_decoder!r}: choose one of {', '.join(media.VIDEO_DECODERS)}")
         if self.tensor_parallel_size < 1:
             problems.append("--tensor-parallel-size must be at least 1")
         elif self.tensor_parallel_size > 1 and self.engine != "vllm":
             problems.append("--tensor-parallel-size splits a model over GPUs with vLLM: use --engine vllm")
         if any(v is not None and v < 0 for v in (self.num_cpus_per_actor, self.num_gpus_per_actor)):
             problems.append("--num-cpus-per-actor and --num-gpus-per-actor must not be negative")
+        if not self.progress_interval > 0:
+            problems.append("--progress-interval must be positive")
         if not 0 < self.gpu_memory_utilization <= 1:
             problems.append("--gpu-memory-utilization must be in (0, 1]")
         if looks_local(self.model) and not os.path.isdir(strip_file(self.model)):
@@ -188,11 +198,19 @@ def looks_local(model: str) -> bool:
     return model.startswith(("/", "./", "../", "~", "file://")) or os.path.exists(model)
 
 
+SCORE_EXAMPLE = """example (8 GPU actors, one engine each, reading and writing object storage):
+  python jobs/score.py --input s3://bucket/manifests/2026-12-02.parquet \\
+      --output s3://bucket/scores/2026-12-02/ --concurrency 8
+  (on a cluster: ray job submit --working-dir . -- python jobs/score.py ...; rerun the same command to
+  resume an interrupted run)"""
+
+
 def score_parser():
     return build_parser(
         ScoreConfig, prog="jobs/score.py",
         description="Score images and videos for visual quality and text alignment with Q-Eval-Score on Ray.",
-        groups=(_IO, _MODEL, _MEDIA, _V2S, _STORAGE, _RAY, _RUNS))
+        epilog=SCORE_EXAMPLE, groups=(_IO, _MODEL, _MEDIA, _V2S, _STORAGE, _RAY, _RUNS, _SHOWN),
+        version=f"qeval-ray {__version__}")
 
 
 def parse_score_args(argv: list[str] | None = None) -> ScoreConfig:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 from typing import Any, Callable, Sequence
 
 _MISSING = dataclasses.MISSING
@@ -51,21 +52,54 @@ def _shown(field: dataclasses.Field) -> str | None:
     return str(value)
 
 
+def did_you_mean(value: str, known: Sequence[str]) -> str:
+    """`` (did you mean 'x'?)`` when ``value`` is a near miss of one of ``known``, else ``""``."""
+    close = difflib.get_close_matches(value, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def choice_problem(flag: str, value: str, choices: Sequence[str]) -> str | None:
+    """The one line saying a value is not one of ``choices``, with a suggestion; None if it is."""
+    if value in choices:
+        return None
+    return f"{flag} {value!r}: choose one of {', '.join(choices)}{did_you_mean(value, choices)}"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        """argparse's one line, with the option the user probably meant when one is unknown."""
+        if message.startswith("unrecognized arguments:"):
+            known = [s for a in self._actions for s in a.option_strings]
+            hints = [f"{word}{did_you_mean(word.split('=')[0], known)}" for word in message.split()[2:]
+                     if word.startswith("--")]
+            if any("did you mean" in h for h in hints):
+                message += "; " + ", ".join(h for h in hints if "did you mean" in h)
+        super().error(message)
+
+
 class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """Wider option column; descriptions and epilogs keep their line breaks."""
+    """Wider option column; descriptions and epilogs keep their line breaks; model ids and paths are
+    never broken at their hyphens."""
 
     def __init__(self, prog):
         super().__init__(prog, max_help_position=32, width=100)
 
+    def _split_lines(self, text, width):
+        import textwrap
+
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
 
 def build_parser(config_cls, *, prog: str, description: str, epilog: str | None = None,
-                 groups: Sequence[str] = ()) -> argparse.ArgumentParser:
+                 groups: Sequence[str] = (), version: str | None = None) -> argparse.ArgumentParser:
     """An argparse parser with one option per field of ``config_cls`` that was declared by :func:`option`.
 
     Groups are shown in the order of ``groups``, then in the order fields first name them.
     """
-    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
-                                     formatter_class=_Formatter, allow_abbrev=False)
+    parser = _Parser(prog=prog, description=description, epilog=epilog, formatter_class=_Formatter,
+                     allow_abbrev=False)
+    if version:
+        parser.add_argument("--version", action="version", version=version)
     sections: dict[str, argparse._ArgumentGroup] = {name: parser.add_argument_group(name) for name in groups}
     for field in dataclasses.fields(config_cls):
         meta = field.metadata

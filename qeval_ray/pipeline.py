@@ -12,10 +12,12 @@ import time
 
 from qeval_ray import runtime, storage
 from qeval_ray.config import ScoreConfig
+from qeval_ray.console import Console
 from qeval_ray.contracts.layout import OutputLayout, RunState
 from qeval_ray.provenance import engine_config, make_provenance, run_fingerprint, score_settings
 from qeval_ray.stages.base import Resources, StageSpec, check_plan
 from qeval_ray.stages.crash_ledger import start_crash_ledger
+from qeval_ray.stages.progress import start_progress
 from qeval_ray.stages.decode import DecodeOptions, decode_stage
 from qeval_ray.stages.read import Manifest, open_manifest, read_rows
 from qeval_ray.stages.score import ScoringOptions, score_stage
@@ -37,52 +39,50 @@ def score_stages(config: ScoreConfig, manifest: Manifest, scoring: ScoringOption
     ]
 
 
-def run_score_job(config: ScoreConfig) -> RunSummary:
+def run_score_job(config: ScoreConfig, console: Console | None = None) -> RunSummary:
+    console = console or Console(verbose=True)
     started = time.time()
     manifest = open_manifest(config.input, config.storage, needs_v2s=config.v2s)  # ManifestError before any work
-    layout = OutputLayout(config.output, config.storage)
+    layout = OutputLayout(config.output, config.storage, config.state_dir)
     layout.check_writable()  # an output this run could never write stops it now
     settings = score_settings(config, manifest)
-    if not config.start_over and layout.completed_by(settings):  # decided before Ray starts
+    # What the output's own records decide (done already, or made differently) is decided now.
+    if layout.check_resumable(settings, config.start_over) is RunState.COMPLETE:
         return RunSummary.of_finished_run(layout, note=ALREADY_COMPLETE)
 
+    console.quiet()  # from here on, Ray's and the libraries' logs go to the run's log folder
     # A local instance needs a CPU for each scoring actor, the checkpoint filter of a resumed run
     # and at least one decode task, or the run would wait forever.
-    runtime.start_ray(config.ray_address, local_cpus=math.ceil(config.concurrency * config.actor_resources(True)[0]) + 2)
+    runtime.start_ray(config.ray_address, local_cpus=math.ceil(config.concurrency * config.actor_resources(True)[0]) + 2,
+                      progress_bars=config.verbose)
     actor = Resources(*config.actor_resources(runtime.cluster_has_gpus()))
     engine = engine_config(config, actor.gpus)
     provenance = make_provenance(config, engine)
-    # Refuses an output made differently (RunMismatch) unless start_over.
+    # The resolved provenance (dtype, model revision) must match too; refused unless start_over.
     if layout.begin(run_fingerprint(config, provenance, manifest), config.start_over, settings) is RunState.COMPLETE:
         return RunSummary.of_finished_run(layout, note=ALREADY_COMPLETE)
 
-    ledger = start_crash_ledger()  # which batch was in flight when a scoring actor died
-    scoring = ScoringOptions(config.engine, engine, provenance, config.storage, crash_ledger=ledger,
+    ledger, progress = start_crash_ledger(), start_progress()
+    scoring = ScoringOptions(config.engine, engine, provenance, config.storage, crash_ledger=ledger, progress=progress,
                              max_crashes=config.max_crashes, faults=FaultInjection.from_environment())
     stages = score_stages(config, manifest, scoring, actor)
     check_plan(stages, manifest.schema.names)
-    _show_progress()
-    with checkpointing(layout):  # resumable: written ids are skipped by the read of a rerun
+    todo = manifest.num_rows - sum(layout.score_files().values())  # what earlier runs left
+    with checkpointing(layout), console.progress(lambda: runtime.get(progress.snapshot), todo,
+                                                 config.progress_interval):
         ds = read_rows(manifest, rows_per_block=config.decode_batch_size)
         for stage in stages:
             ds = stage.apply(ds)
-        written = write_scores(ds, layout, config.rows_per_file)
-
-    import ray
+        written = write_scores(ds, layout, config.rows_per_file, started)
 
     summary = summarize(layout, manifest, config, provenance, started, rows_this_run=written,
-                        scoring_actor_crashes=ray.get(ledger.crash_events.remote()))
+                        scoring_actor_crashes=runtime.get(ledger.crash_events),
+                        scoring_s=runtime.get(progress.snapshot)["scoring_s"])
     if config.report and manifest.has_labels:
         from qeval_ray.report.options import ReportOptions
         from qeval_ray.report.report import REPORT_MARKDOWN, make_report  # scipy, matplotlib: only when needed
 
         make_report(layout.uri, layout.report, ReportOptions(), config.storage, provenance.as_dict())
         summary.report = storage.join(layout.report, REPORT_MARKDOWN)
-    layout.write_summary(summary.to_json())  # summary.json last: its presence means the run completed
+    layout.write_summary(summary.to_json())  # _summary.json last: its presence means the run completed
     return summary
-
-
-def _show_progress() -> None:
-    import ray.data
-
-    ray.data.DataContext.get_current().enable_progress_bars = True

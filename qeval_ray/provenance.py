@@ -39,8 +39,10 @@ def model_revision(model: str, revision: str | None, options: StorageOptions) ->
     if "://" in model and not storage.is_local(model):
         try:
             return "remote-sha256:" + storage.fingerprint(model, options)
-        except OSError as e:
-            raise ConfigError(f"--model {storage.redact(model)}: cannot read it ({type(e).__name__}: {e})") from e
+        except Exception as e:  # noqa: BLE001 - storage libraries raise many types: one line says which problem
+            if not (storage.storage_problem(e, model) or isinstance(e, OSError)):
+                raise
+            raise ConfigError(f"--model {storage.redact(model)}: {storage.describe_error(e, model)}") from e
     if os.path.isdir(model):
         return "local-sha256:" + storage.fingerprint(model)
     if os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0"):

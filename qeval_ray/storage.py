@@ -17,6 +17,7 @@ import hashlib
 import os
 import posixpath
 import random
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -159,6 +160,62 @@ def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts])
 
 
+def _chain(error: BaseException):
+    while error is not None:
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def _has_credentials() -> bool:
+    """Whether botocore finds AWS credentials here (environment, files, role, ...)."""
+    try:
+        import botocore.session
+
+        return botocore.session.get_session().get_credentials() is not None
+    except Exception:  # noqa: BLE001 - no botocore, or a broken configuration: we cannot tell
+        return True
+
+
+_UNREACHABLE = {"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError", "ConnectionRefusedError",
+                "ClientConnectorDNSError", "gaierror"}
+
+
+def describe_error(error: BaseException, uri: str | None = None) -> str:
+    """A storage problem in a few words a user can act on (:func:`storage_problem`); otherwise
+    the error's type and first line."""
+    problem = storage_problem(error, uri)
+    if problem:
+        return problem
+    first = (str(error).strip().splitlines() or [""])[0][:300]
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
+
+
+def storage_problem(error: BaseException, uri: str | None = None) -> str | None:
+    """No credentials, endpoint unreachable, access denied or not found, in words a user can act
+    on; None for other errors. The same wording for a manifest, an output, a model and a media
+    object."""
+    s3 = uri is None or protocol(uri) in ("s3", "s3a")
+    chain = list(_chain(error))
+    names = {type(e).__name__ for e in chain}
+    text = " ".join(str(e) for e in chain)
+    if names & {"NoCredentialsError", "PartialCredentialsError"}:
+        return ("no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), or give "
+                "the nodes a role that may read it")
+    endpoint = re.search(r"\w+://[^/\"\s]+", text) if names & _UNREACHABLE else None
+    at = f" at {endpoint.group(0)}" if endpoint else ""
+    if names & {"ClientConnectorDNSError", "gaierror"}:
+        return f"endpoint unreachable: unknown host{at} (check --s3-endpoint / AWS_ENDPOINT_URL)"
+    if names & _UNREACHABLE:
+        return f"endpoint unreachable: nothing answers{at} (check --s3-endpoint / AWS_ENDPOINT_URL)"
+    if any(isinstance(e, PermissionError) for e in chain) or "AccessDenied" in text or "(403)" in text:
+        if s3 and not _has_credentials():
+            return "access denied, and no credentials were found (set AWS_ACCESS_KEY_ID / AWS_PROFILE, or a role)"
+        return "access denied"
+    if any(isinstance(e, FileNotFoundError) for e in chain) or names & {"NoSuchBucket", "NoSuchKey"}:
+        return "not found: the bucket does not exist" if "bucket does not exist" in text else "not found"
+    return None
+
+
 def is_permanent(error: BaseException) -> bool:
     if isinstance(error, _PERMANENT):
         return True
@@ -181,18 +238,19 @@ def read_bytes(uri: str, max_bytes: int, options: StorageOptions = DEFAULT) -> t
             raise
         except Exception as e:  # noqa: BLE001 - storage libraries raise many types; classify them
             shown = redact(uri)
-            if isinstance(e, FileNotFoundError):
-                raise StorageError(f"not found: {shown}", retries) from e
-            if isinstance(e, PermissionError):
-                raise StorageError(f"access denied: {shown}", retries) from e
             if isinstance(e, IsADirectoryError):
                 raise StorageError(f"is a directory, not a file: {shown}", retries) from e
-            if is_permanent(e) or retries + 1 >= options.attempts:
-                tries = "" if is_permanent(e) else f" after {retries + 1} tries"
-                raise StorageError(f"cannot read {shown}{tries}: {type(e).__name__}: {e}", retries) from e
+            if is_permanent(e) or _unreachable(e) or retries + 1 >= options.attempts:
+                tries = "" if is_permanent(e) or _unreachable(e) else f" after {retries + 1} tries"
+                raise StorageError(f"{describe_error(e, uri)}: {shown}{tries}", retries) from e
             delay = min(options.max_backoff_s, options.backoff_s * 2**retries)
             time.sleep(delay * random.uniform(0.5, 1.0))
             retries += 1
+
+
+def _unreachable(error: BaseException) -> bool:
+    """No credentials, or no endpoint at all: retrying the next object would not help either."""
+    return describe_error(error).startswith(("no credentials", "endpoint unreachable"))
 
 
 def _read_once(uri: str, max_bytes: int, options: StorageOptions) -> bytes:

@@ -2,7 +2,7 @@
 
 After writing, only the id/status/error/media_type columns are read back, batch by batch, and the
 output must hold every manifest id exactly once: rows in = rows out is verified, not assumed.
-``summary.json`` (the completion marker, ``contracts.layout``) is this summary.
+``_summary.json`` (the completion marker, ``contracts.layout``) is this summary.
 """
 
 from __future__ import annotations
@@ -39,8 +39,10 @@ class RunSummary:
     by_status: dict[str, int]
     by_media_type: dict[str, int]
     error_examples: dict[str, list[str]]
-    elapsed_s: float
-    items_per_s: float
+    elapsed_s: float  # wall time, start-up included
+    items_per_s: float  # rows scored by this run over the wall time
+    scoring_s: float | None  # from the first scoring actor ready to the last batch scored
+    items_per_s_scoring: float | None  # rows scored by this run over the scoring time
     provenance: dict[str, str]
     options: dict = field(default_factory=dict)
     report: str | None = None  # the report's Markdown, when the manifest carried labels
@@ -56,6 +58,12 @@ class RunSummary:
                  if f.name in data or f.default is dataclasses.MISSING}
         return cls(**{**known, "note": note})
 
+    def _throughput(self) -> str:
+        wall = f"{self.items_per_s:.2f} items/s over {self.elapsed_s:.1f} s of wall time (start-up included)"
+        if not self.scoring_s:
+            return wall
+        return f"{self.items_per_s_scoring:.2f} items/s over {self.scoring_s:.1f} s of scoring, {wall}"
+
     def to_json(self) -> str:
         return json.dumps({k: v for k, v in asdict(self).items() if k != "note"}, indent=2, sort_keys=True)
 
@@ -65,7 +73,7 @@ class RunSummary:
         lines = [
             f"qeval-ray: {self.rows_in} rows in, {self.rows_out} rows out{resumed}, {self.ok} ok"
             + (f", errors: {', '.join(f'{s} {n}' for s, n in sorted(errors.items()))}" if errors else ", no errors"),
-            f"  {self.elapsed_s:.1f} s, {self.items_per_s:.2f} items/s; media: "
+            f"  {self._throughput()}; media: "
             + ", ".join(f"{k} {v}" for k, v in sorted(self.by_media_type.items()))
             + f"; storage retries: {self.fetch_retries}"
             + (f"; scoring actors lost mid-batch: {self.scoring_actor_crashes}" if self.scoring_actor_crashes else ""),
@@ -93,7 +101,7 @@ def _scan(layout: OutputLayout):
 
 
 def summarize(layout: OutputLayout, manifest, config, provenance, started: float, rows_this_run: int,
-              scoring_actor_crashes: int = 0) -> RunSummary:
+              scoring_actor_crashes: int = 0, scoring_s: float | None = None) -> RunSummary:
     by_status: Counter = Counter()
     by_media: Counter = Counter()
     examples: dict[str, list[str]] = {}
@@ -136,6 +144,8 @@ def summarize(layout: OutputLayout, manifest, config, provenance, started: float
         error_examples=examples,
         elapsed_s=round(elapsed, 3),
         items_per_s=round(rows_this_run / elapsed, 3) if elapsed > 0 else 0.0,
+        scoring_s=round(scoring_s, 3) if scoring_s else None,
+        items_per_s_scoring=round(rows_this_run / scoring_s, 3) if scoring_s else None,
         provenance=provenance.as_dict(),
         options=_shown_options(config),
     )

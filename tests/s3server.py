@@ -34,6 +34,7 @@ class FaultyS3Proxy:
     def __init__(self, upstream_port: int, seed: int = 0):
         self.upstream_port = upstream_port
         self.denied: set[tuple[str, str]] = set()  # (access key id, bucket)
+        self.deny_anonymous = False  # refuse unsigned requests, as AWS does for private buckets
         self.fault_rate = 0.0
         self.fault_path = re.compile(r"$^")  # which paths may fail (a regex on "/bucket/key")
         self.faults = 0
@@ -56,7 +57,7 @@ class FaultyS3Proxy:
                 key = _CREDENTIAL.search(self.headers.get("Authorization", ""))
                 with proxy._lock:
                     proxy.requests.append(f"{self.command} {self.path}")
-                    denied = key and (key.group(1), bucket) in proxy.denied
+                    denied = (key and (key.group(1), bucket) in proxy.denied) or (not key and proxy.deny_anonymous)
                     fault = (not denied and proxy.fault_path.search(self.path.split("?")[0])
                              and proxy._rng.random() < proxy.fault_rate)
                     kind = proxy._rng.choice(["503", "500", "drop"]) if fault else None

@@ -71,7 +71,7 @@ def test_a_killed_driver_resumes_exactly_once(corpus, tiny_model, tmp_path):
     os.killpg(first.pid, signal.SIGKILL)  # the driver and the Ray it started, as a lost node would
     first.wait()
     survived = committed(out)
-    assert not (out / "summary.json").exists()
+    assert not (out / "_summary.json").exists()
     assert 0 < sum(survived.values()) < ITEMS
 
     second = subprocess.run(job(corpus, out, tiny_model), cwd=REPO, env=env(), capture_output=True, text=True,
@@ -80,7 +80,7 @@ def test_a_killed_driver_resumes_exactly_once(corpus, tiny_model, tmp_path):
     ids = ids_of(out)
     assert sorted(ids) == sorted(pq.read_table(corpus, columns=["id"]).column("id").to_pylist())
     assert len(set(ids)) == len(ids) == ITEMS
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "_summary.json").read_text())
     kept = {name: rows for name, rows in committed(out).items() if name in survived}
     # The second run scored exactly the rows the first had not committed; nothing twice.
     assert summary["rows_this_run"] == ITEMS - sum(kept.values())
@@ -113,7 +113,7 @@ def test_a_killed_scoring_actor_is_replaced(corpus, tiny_model, tmp_path):
     log.close()
     output = (tmp_path / "job.log").read_text()
     assert run.returncode == 0, output[-3000:]
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "_summary.json").read_text())
     assert summary["scoring_actor_crashes"] >= 1 and "scoring actors lost mid-batch" in output
     table = pq.read_table(out / "scores", columns=["id", "status"])
     assert table.num_rows == ITEMS and len(set(table.column("id").to_pylist())) == ITEMS
@@ -154,7 +154,7 @@ def test_a_dead_engine_ends_its_actor_and_the_batch_is_scored_by_a_new_one(tmp_p
                           env=env(QEVAL_CHAOS=f"kill_engine_once={marker};hang_after=1"), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert marker.exists()  # the engine core really was killed
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "_summary.json").read_text())
     assert summary["scoring_actor_crashes"] >= 1
     table = pq.read_table(out / "scores", columns=["id", "status"])
     assert sorted(table.column("id").to_pylist()) == sorted(pq.read_table(manifest).column("id").to_pylist())
@@ -196,7 +196,7 @@ def test_losing_a_worker_node_loses_and_duplicates_nothing(corpus, tiny_model, t
         assert run.returncode == 0, stderr[-3000:]
         ids = ids_of(out)
         assert len(ids) == len(set(ids)) == ITEMS
-        assert json.loads((out / "summary.json").read_text())["rows_out"] == ITEMS
+        assert json.loads((out / "_summary.json").read_text())["rows_out"] == ITEMS
     finally:
         if cluster.poll() is None:
             cluster.stdin.write("stop\n")
@@ -242,7 +242,7 @@ def test_ray_job_submit_against_a_local_head(tiny_model, tmp_path):
         from ray.job_submission import JobStatus, JobSubmissionClient
 
         assert JobSubmissionClient(address).get_job_status(job_id) == JobStatus.SUCCEEDED
-        summary = json.loads((out / "summary.json").read_text())
+        summary = json.loads((out / "_summary.json").read_text())
         assert summary["rows_in"] == summary["rows_out"] == 15
         assert summary["by_status"]["ok"] == 13
     finally:

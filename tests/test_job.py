@@ -105,7 +105,7 @@ def len_sampled(frames, fps):
 
 def test_summary(vllm_run):
     out, proc = vllm_run
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "_summary.json").read_text())
     assert summary["rows_in"] == summary["rows_out"] == read_scores(out).num_rows
     assert summary["by_status"]["decode_error"] == sum(s == "decode_error" for s in MIXED_BAD.values())
     assert summary["provenance"]["engine"] == "vllm"
@@ -115,14 +115,14 @@ def test_summary(vllm_run):
 
 def test_the_job_writes_a_report_when_the_manifest_has_labels(vllm_run):
     out, proc = vllm_run
-    report = json.loads((out / "report" / "report.json").read_text())
+    report = json.loads((out / "_report" / "report.json").read_text())
     scores = read_scores(out)
     ok = [r for r in scores.to_pylist() if r["status"] == "ok"]
     assert report["rows"]["total"] == scores.num_rows
     assert report["excluded"]["alignment"]["used"] == len(ok)
     assert report["excluded"]["quality"]["used"] == sum(r["quality_mos"] is not None for r in ok)
     assert report["source"]["provenance"]["engine"] == "vllm"
-    assert (out / "report" / "report.md").read_text().startswith("# qeval-ray correlation report")
+    assert (out / "_report" / "report.md").read_text().startswith("# qeval-ray correlation report")
     assert f"report:  {out}/report/report.md" in proc.stdout
 
 
@@ -153,7 +153,7 @@ def test_long_prompts_are_scored_in_parts_by_both_engines(vllm_run, hf_run):
             assert row["alignment"] == pytest.approx(
                 0.5 * row["alignment_vague"] + 0.5 * np.mean(row["alignment_specific"]), abs=1e-12)
         assert rows["good-0"]["alignment_method"] == "direct"
-        summary = json.loads((out / "summary.json").read_text())
+        summary = json.loads((out / "_summary.json").read_text())
         assert summary["alignment_in_parts"] == 2
 
 

@@ -165,7 +165,7 @@ def test_report_job_with_a_labels_file(tmp_path):
     table = scores_table(40)
     labels = table.select(["id", "quality_mos", "alignment_mos"])
     out = write_scores(tmp_path, table.drop_columns(["quality_mos", "alignment_mos"]))
-    (out / "summary.json").write_text(json.dumps({"provenance": {"engine": "vllm"}}))
+    (out / "_summary.json").write_text(json.dumps({"provenance": {"engine": "vllm"}}))
     pq.write_table(labels.slice(0, 30), tmp_path / "labels.parquet")  # 10 rows without a label
     proc = subprocess.run([sys.executable, "jobs/report.py", "--scores", out, "--labels", tmp_path / "labels.parquet",
                            "--output", tmp_path / "rep", "--bootstrap", "100"], cwd=REPO, capture_output=True, text=True)
@@ -182,7 +182,7 @@ def test_report_job_with_a_labels_file(tmp_path):
 
 def test_report_job_refuses_what_it_cannot_report(tmp_path):
     out = write_scores(tmp_path, scores_table(10).drop_columns(["quality_mos", "alignment_mos"]))
-    (out / "summary.json").write_text("{}")
+    (out / "_summary.json").write_text("{}")
     proc = subprocess.run([sys.executable, "jobs/report.py", "--scores", out, "--output", tmp_path / "rep"],
                           cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 2 and "no labels" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
@@ -194,6 +194,7 @@ def test_report_job_refuses_what_it_cannot_report(tmp_path):
 
 PROJECTION_PROBE = """
 import sys, pyarrow as pa
+from qeval_ray.report.options import ReportOptions
 from qeval_ray.report.report import load
 from qeval_ray.storage import StorageOptions
 pool = pa.default_memory_pool()

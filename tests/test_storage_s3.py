@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -116,7 +117,7 @@ def test_transient_faults_are_retried_and_counted(s3_run, s3):
     http_errors = kinds.get("500", 0) + kinds.get("503", 0)
     assert http_errors >= 3 and sum(kinds.values()) >= 6  # the proxy really failed a share of the fetches
     table, fs = read_s3_table(s3, "s3://results/run1/scores")
-    summary = json.loads(fs.cat_file("results/run1/summary.json"))
+    summary = json.loads(fs.cat_file("results/run1/_summary.json"))
     # Each 500/503 costs one counted retry; a dropped connection is sometimes reopened by the HTTP
     # client itself before our retry sees it, so drops count at most once each.
     assert http_errors <= summary["fetch_retries"] <= sum(kinds.values())
@@ -172,7 +173,8 @@ def test_unwritable_output_fails_before_scoring(s3, tiny_model, mixed_corpus, tm
     rc, stdout, stderr, _ = run_job(["--input", mixed_corpus, "--output", "s3://locked-results/run/",
                                      *common(tiny_model)], s3, tmp_path)
     assert rc == 2
-    assert "cannot write to the output s3://locked-results/run" in stderr and "Traceback" not in stderr
+    assert "cannot write to the output s3://locked-results/run: access denied" in stderr
+    assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
     assert "ScoreStage" not in stderr + stdout  # nothing was started
 
 
@@ -180,6 +182,42 @@ def test_unreadable_manifest_fails_before_scoring(s3, tiny_model, tmp_path):
     rc, _, stderr, _ = run_job(["--input", "s3://corpus/run1/manifest.parquet", "--output", tmp_path / "o",
                                 *common(tiny_model)], s3, tmp_path, key=BLOCKED_KEY)
     assert rc == 2 and "access denied" in stderr and "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("problem, words", [
+    ("no credentials", "no credentials"),
+    ("endpoint unreachable", "endpoint unreachable: nothing answers at http://127.0.0.1:"),
+    ("unknown host", "endpoint unreachable: unknown host at http://s3.example.invalid:9000"),
+    ("access denied", "access denied"),
+    ("not found", "manifest not found: s3://corpus/nowhere/manifest.parquet"),
+])
+def test_a_storage_problem_is_one_line_naming_its_cause(problem, words, s3, tiny_model, tmp_path):
+    from s3server import free_port
+
+    manifest = "s3://corpus/nowhere/manifest.parquet" if problem == "not found" else "s3://corpus/run1/manifest.parquet"
+    endpoint = {"endpoint unreachable": f"http://127.0.0.1:{free_port()}",
+                "unknown host": "http://s3.example.invalid:9000"}.get(problem, s3.endpoint)
+    key = BLOCKED_KEY if problem == "access denied" else KEY
+    env_keys = {}
+    if problem == "no credentials":  # nothing in the environment, no files, no instance role
+        env_keys = {"AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", "AWS_CONFIG_FILE": "/nonexistent",
+                    "AWS_EC2_METADATA_DISABLED": "true"}
+        s3.proxy.deny_anonymous = True
+    started = time.time()
+    try:
+        env = dict(os.environ, AWS_ACCESS_KEY_ID=key, AWS_SECRET_ACCESS_KEY=SECRET, AWS_DEFAULT_REGION="us-east-1",
+                   **env_keys)
+        env.pop("AWS_ENDPOINT_URL", None)
+        if problem == "no credentials":
+            env.pop("AWS_ACCESS_KEY_ID"), env.pop("AWS_SECRET_ACCESS_KEY")
+        proc = subprocess.run([sys.executable, "jobs/score.py", "--input", manifest, "--output", tmp_path / "o",
+                               "--s3-endpoint", endpoint, *map(str, common(tiny_model))], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=300)
+    finally:
+        s3.proxy.deny_anonymous = False
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.count("\n") == 1 and words in proc.stderr, proc.stderr  # one line, the cause named
+    assert proc.stderr.startswith("qeval-ray: error: ") and time.time() - started < 120
 
 
 def test_local_writes_are_atomic(tmp_path):
@@ -204,13 +242,14 @@ def test_local_writes_are_atomic(tmp_path):
 
 
 def test_an_unfinished_run_is_not_mistaken_for_results(tmp_path):
-    """summary.json marks a finished run: a new run withdraws it before writing anything."""
+    """_summary.json marks a finished run: a new run withdraws it before writing anything."""
     from qeval_ray.contracts.layout import OutputLayout, RunState
 
     layout = OutputLayout(str(tmp_path / "out"))
     (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "summary.json").write_text("{}")  # a marker with no run record behind it
+    (tmp_path / "out" / "_summary.json").write_text("{}")  # a marker with no run record behind it
     layout.check_writable()
     assert layout.begin({"model": "m"}) is RunState.FRESH
-    assert not (tmp_path / "out" / "summary.json").exists()
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["_qeval_run.json"]  # probe gone too
+    assert not (tmp_path / "out" / "_summary.json").exists()
+    assert list((tmp_path / "out").iterdir()) == []  # probe gone too
+    assert [p.name for p in (tmp_path / ".out.qeval").iterdir()] == ["run.json"]  # the run's record, beside

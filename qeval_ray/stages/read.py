@@ -73,17 +73,14 @@ def _format_of(path: str) -> str | None:
 def _list_files(uri: str, options: storage.StorageOptions) -> tuple[tuple[str, ...], str]:
     """The manifest's files, and the directory relative media uris are resolved against."""
     fs, path = storage.filesystem(uri, options)
-    try:
-        if any(c in path for c in _GLOB_CHARS):
-            found, base_dir = fs.glob(path), storage.parent(uri)
-        elif fs.isdir(path):
-            found, base_dir = fs.find(path), uri.rstrip("/")
-        elif fs.exists(path):
-            return (path,), storage.parent(uri)
-        else:
-            raise ManifestError(f"manifest not found: {storage.redact(uri)}")
-    except PermissionError as e:
-        raise ManifestError(f"manifest {storage.redact(uri)}: access denied ({e})") from e
+    if any(c in path for c in _GLOB_CHARS):
+        found, base_dir = fs.glob(path), storage.parent(uri)
+    elif fs.isdir(path):
+        found, base_dir = fs.find(path), uri.rstrip("/")
+    elif fs.exists(path):
+        return (path,), storage.parent(uri)
+    else:
+        raise ManifestError(f"manifest not found: {storage.redact(uri)}")
     files = sorted(p for p in found if _format_of(p) and not posixpath.basename(p).startswith((".", "_")))
     if not files:
         raise ManifestError(f"no manifest files (.parquet, .jsonl, .csv) at {uri}")
@@ -166,8 +163,8 @@ def open_manifest(uri: str, options: storage.StorageOptions = storage.DEFAULT, n
         paths, base_dir = _list_files(uri, options)
     except ManifestError:
         raise
-    except OSError as e:
-        raise ManifestError(f"cannot list manifest {storage.redact(uri)}: {type(e).__name__}: {e}") from e
+    except Exception as e:  # noqa: BLE001 - storage libraries raise many types: one line says which problem
+        raise ManifestError(f"manifest {storage.redact(uri)}: {storage.describe_error(e, uri)}") from e
     formats = {_format_of(p) for p in paths}
     if len(formats) > 1:
         raise ManifestError(f"manifest {uri} mixes formats ({', '.join(sorted(formats))}); use one")
@@ -198,8 +195,10 @@ def open_manifest(uri: str, options: storage.StorageOptions = storage.DEFAULT, n
             num_rows += batch.num_rows
     except ManifestError:
         raise
-    except (pa.ArrowInvalid, OSError, ValueError) as e:
-        raise ManifestError(f"cannot read manifest {storage.redact(uri)}: {e}") from e
+    except Exception as e:  # noqa: BLE001 - a storage problem or a file that is not what it says: one line
+        if not (storage.storage_problem(e, uri) or isinstance(e, (pa.ArrowInvalid, OSError, ValueError))):
+            raise
+        raise ManifestError(f"cannot read manifest {storage.redact(uri)}: {storage.describe_error(e, uri)}") from e
     if num_rows == 0:
         raise ManifestError(f"manifest {uri} has no rows")
     try:

@@ -52,6 +52,7 @@ from qeval_ray.scorers.base import Scorer
 from qeval_ray.stages.base import AsyncStage, Resources, StageSpec, still_ok, with_columns
 from qeval_ray.stages.crash_ledger import LedgerClient
 from qeval_ray.stages.decode import pixels_of
+from qeval_ray.stages.progress import ProgressReporter
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class ScoringOptions:
     provenance: Provenance
     storage: storage.StorageOptions = storage.DEFAULT
     crash_ledger: object = None  # a CrashLedger or its actor handle (None: no crash accounting)
+    progress: object = None  # the job's stages.progress.Progress actor (None: nothing reported)
     max_crashes: int = 3  # crashes of one item before it is given up as a score_error row
     faults: object = None  # testing.faults.FaultInjection (tests only): called before each engine call
 
@@ -111,16 +113,22 @@ class ScoreStage(AsyncStage):
         self.token_ids = self.engine.token_ids(scorer.tokens)
         self.ledger = LedgerClient(options.crash_ledger) if options.crash_ledger is not None else None
         self._one_call_at_a_time = asyncio.Lock()  # a batch engine computes one call at a time
+        self.progress = ProgressReporter(options.progress, _actor_name()) if options.progress is not None else None
 
     def __del__(self):
         # Ray Data drops the stage when the actor pool shuts down gracefully.
+        if getattr(self, "progress", None) is not None:
+            self.progress.stop()
         engine = getattr(self, "engine", None)
         if engine is not None:
             engine.close()
 
     async def process(self, batch: pa.Table) -> pa.Table:
         items = self._items(batch)
-        return self._columns(batch, items, await self._score_batch(items))
+        out = self._columns(batch, items, await self._score_batch(items))
+        if self.progress is not None:
+            self.progress.batch(out.column(STATUS).to_pylist(), Status.OK)
+        return out
 
     def _items(self, batch: pa.Table) -> list[_Item]:
         ok = still_ok(batch)
@@ -213,6 +221,12 @@ class ScoreStage(AsyncStage):
             name: pa.array(values, type=self.schema.field(name).type) for name, values in columns.items()
         })
         return conform(out, self.schema)
+
+
+def _actor_name() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_actor_id() or f"pid-{os.getpid()}"
 
 
 def _local_model(options: ScoringOptions) -> EngineConfig:

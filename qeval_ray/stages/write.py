@@ -64,12 +64,30 @@ def string_id_checkpoint_filter():
     return StringIdCheckpointFilter
 
 
-def write_scores(ds, layout: OutputLayout, rows_per_file: int) -> int:
+def write_scores(ds, layout: OutputLayout, rows_per_file: int, started: float) -> int:
     """Run the dataset into parquet files of about ``rows_per_file`` rows, appended to scores/;
     returns how many rows this run wrote."""
     from ray.data import SaveMode
 
     before = layout.score_files()
     fs, path = storage.arrow_filesystem(layout.scores, layout.storage, atomic_writes=True)
-    ds.write_parquet(path, filesystem=fs, mode=SaveMode.APPEND, min_rows_per_file=rows_per_file)
+    ds.write_parquet(path, filesystem=fs, mode=SaveMode.APPEND, min_rows_per_file=rows_per_file,
+                     filename_provider=score_file_names(started))
     return sum(rows for name, rows in layout.score_files().items() if name not in before)
+
+
+def score_file_names(started: float):
+    """``scores-20261202T061502-000012-<write id>.parquet``: the run's start (UTC), the write task,
+    the write's id (Ray Data requires it in appended files). Deterministic per write and task (its
+    checkpointing needs that), sorted by run, and unique across the runs of one output."""
+    import time
+
+    from ray.data.datasource import FilenameProvider
+
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(started))
+
+    class ScoreFileNames(FilenameProvider):
+        def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
+            return f"scores-{stamp}-{task_index:06d}-{write_uuid}.parquet"
+
+    return ScoreFileNames(file_format="parquet")

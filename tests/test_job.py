@@ -123,7 +123,7 @@ def test_the_job_writes_a_report_when_the_manifest_has_labels(vllm_run):
     assert report["excluded"]["quality"]["used"] == sum(r["quality_mos"] is not None for r in ok)
     assert report["source"]["provenance"]["engine"] == "vllm"
     assert (out / "_report" / "report.md").read_text().startswith("# qeval-ray correlation report")
-    assert f"report:  {out}/report/report.md" in proc.stdout
+    assert f"report:  {out}/_report/report.md" in proc.stdout
 
 
 def test_vllm_and_hf_agree_through_the_whole_job(vllm_run, hf_run):

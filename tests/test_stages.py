@@ -145,8 +145,9 @@ def test_a_batch_that_crashed_an_actor_is_retried_item_by_item(tmp_path):
     ledger, engine = CrashLedger(), FakeEngine()
     first = _score(_stage(engine, ledger), batch)  # scored as one call; the ledger's batch is finished
     assert engine.calls == [6] and ledger.inflight == {} and not ledger.crashes
-    # Now pretend an actor died mid-batch: the batch is in flight when it starts again.
+    # Now pretend an actor died mid-batch: the batch is in the engine when it starts again.
     ledger.start(_key(batch), ["i0", "i1", "i2"])
+    ledger.narrow(_key(batch), ["i0", "i1", "i2"])
     engine = FakeEngine()
     again = _score(_stage(engine, ledger), batch)
     assert engine.calls == [2, 2, 2] and ledger.events == 1  # one item at a time, each item charged once
@@ -208,6 +209,38 @@ def test_batches_in_flight_share_one_concurrent_engine(tmp_path):
     outs = asyncio.run(three_at_once())
     assert engine.most_in_flight == 12  # the next batch's items enter before the current drains
     assert [o.column("id").to_pylist() for o in outs] == [b.column("id").to_pylist() for b in batches]
+
+
+def test_a_batch_that_crashed_an_actor_runs_alone_so_its_neighbours_are_not_charged(tmp_path):
+    """A crash while a suspect item is in the engine must charge that item only: the other batches
+    of the actor are neither in the engine with it nor registered as being there."""
+    ledger, engine = CrashLedger(), FakeConcurrentEngine()
+    stage = _stage(engine, ledger)
+    batches = [_batch(tmp_path, [f"batch {b} item {k}" for k in range(4)]) for b in range(3)]
+    batches = [b.set_column(b.column_names.index("id"), "id", pa.array([f"b{n}-{i}" for i in b.column("id").to_pylist()]))
+               for n, b in enumerate(batches)]  # a batch's key is its ids
+    suspect = batches[1]
+    ledger.start(_key(suspect), [])
+    ledger.narrow(_key(suspect), suspect.column("id").to_pylist())  # it was in an actor that died
+    seen = []  # (suspect?, items in the engine, items the ledger holds in the engine) as each enters
+    score_one = engine.item_logprobs
+
+    async def watched(requests, token_ids):
+        in_ledger = sum(len(ids) for ids in ledger.inflight.values())
+        seen.append(("batch 1" in requests[0].text, engine.in_flight, in_ledger))
+        return await score_one(requests, token_ids)
+
+    engine.item_logprobs = watched
+
+    async def three_at_once():
+        return await asyncio.gather(*(stage(b) for b in batches))
+
+    outs = asyncio.run(three_at_once())
+    assert all(set(o.column("status").to_pylist()) == {"ok"} for o in outs) and ledger.inflight == {}
+    assert len(seen) == 12
+    # The suspect's items entered an idle engine one by one, each the only item the ledger holds.
+    assert [(in_engine, in_ledger) for suspect, in_engine, in_ledger in seen if suspect] == [(0, 1)] * 4
+    assert engine.most_in_flight == 4  # the healthy batches still send all their items at once
 
 
 def test_the_media_digest_is_the_pixels_digest_whatever_the_uri(tmp_path):

@@ -50,7 +50,7 @@ from qeval_ray.engines import load_engine
 from qeval_ray.engines.base import Engine, EngineConfig, Media, ScoreRequest
 from qeval_ray.scorers.base import Scorer
 from qeval_ray.stages.base import AsyncStage, Resources, StageSpec, still_ok, with_columns
-from qeval_ray.stages.crash_ledger import LedgerClient
+from qeval_ray.stages.crash_ledger import LedgerClient, SharedOrAlone
 from qeval_ray.stages.decode import pixels_of
 from qeval_ray.stages.progress import ProgressReporter
 
@@ -113,6 +113,7 @@ class ScoreStage(AsyncStage):
         self.token_ids = self.engine.token_ids(scorer.tokens)
         self.ledger = LedgerClient(options.crash_ledger) if options.crash_ledger is not None else None
         self._one_call_at_a_time = asyncio.Lock()  # a batch engine computes one call at a time
+        self._batches = SharedOrAlone()  # batches share the engine; a suspect batch runs alone
         self.progress = ProgressReporter(options.progress, _actor_name()) if options.progress is not None else None
 
     def __del__(self):
@@ -148,16 +149,20 @@ class ScoreStage(AsyncStage):
         key = hashlib.sha256("\0".join(sorted(i.id for i in items)).encode()).hexdigest()
         crashes = await self.ledger.start(key, [i.id for i in items])
         if not any(crashes.values()):
-            results = await self._score(items)
-        else:  # this batch crashed an actor before: one item at a time, so only the culprit pays
+            async with self._batches.shared():
+                await self.ledger.narrow(key, [i.id for i in items])
+                results = await self._score(items)
+        else:  # this batch crashed an actor before: one item at a time with nothing else in the
+            # engine, so only the culprit pays when it crashes the actor again
             results = {}
-            for item in items:
-                if crashes[item.id] >= self.options.max_crashes:
-                    results[item.row] = (f"crashed the scoring engine {crashes[item.id]} times; "
-                                         "not scored again (--max-crashes)")
-                    continue
-                await self.ledger.narrow(key, [item.id])
-                results.update(await self._score([item]))
+            async with self._batches.alone():
+                for item in items:
+                    if crashes[item.id] >= self.options.max_crashes:
+                        results[item.row] = (f"crashed the scoring engine {crashes[item.id]} times; "
+                                             "not scored again (--max-crashes)")
+                        continue
+                    await self.ledger.narrow(key, [item.id])
+                    results.update(await self._score([item]))
         await self.ledger.finish(key)
         return results
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -241,6 +242,36 @@ def test_a_batch_that_crashed_an_actor_runs_alone_so_its_neighbours_are_not_char
     # The suspect's items entered an idle engine one by one, each the only item the ledger holds.
     assert [(in_engine, in_ledger) for suspect, in_engine, in_ledger in seen if suspect] == [(0, 1)] * 4
     assert engine.most_in_flight == 4  # the healthy batches still send all their items at once
+
+
+DEAD_ENGINE_ACTOR = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+import test_stages as t
+from qeval_ray.stages.score import ScoreStage
+
+class DeadEngine(t.FakeEngine):
+    def is_dead(self):
+        return time.monotonic() > dies_at
+
+ScoreStage.WATCHDOG_INTERVAL_S, ScoreStage.DEAD_ENGINE_GRACE_S = 0.1, 1.0
+dies_at = time.monotonic() + 0.5
+stage = t._stage(DeadEngine())
+time.sleep(30)  # requests hanging in a dead engine
+"""
+
+
+def test_an_engine_whose_processes_die_ends_its_actor_even_if_its_requests_hang():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", DEAD_ENGINE_ACTOR, str(Path(__file__).parent)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 70, proc.stderr[-2000:]
+    assert "ending this actor" in proc.stderr
+    assert time.monotonic() - started < 25  # ended by the watchdog, not by the sleep running out
 
 
 def test_the_media_digest_is_the_pixels_digest_whatever_the_uri(tmp_path):

@@ -96,6 +96,10 @@ class Engine(ABC):
     def close(self) -> None:  # noqa: B027 - engines without processes or threads need nothing here
         """Release the engine (its processes) before the actor exits."""
 
+    def is_dead(self) -> bool:
+        """Whether the engine's own processes have gone (checked from a watchdog thread)."""
+        return False
+
     def is_fatal(self, error: BaseException) -> bool:
         """Whether ``error`` leaves the engine unusable (the actor must be replaced, not the item
         blamed): CUDA faults, and engine-specific dead states."""

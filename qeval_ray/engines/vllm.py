@@ -117,6 +117,10 @@ class VLLMEngine(Engine):
         await self.llm.reset_prefix_cache()
         await self.llm.reset_mm_cache()
 
+    def is_dead(self) -> bool:
+        # Set by vLLM's own monitor thread when the engine-core process exits.
+        return not self._closed and bool(self.llm.engine_core.resources.engine_dead)
+
     def is_fatal(self, error: BaseException) -> bool:
         # vLLM's engine core has died (it raises EngineDeadError from then on).
         return type(error).__name__ == "EngineDeadError" or self.llm.errored or super().is_fatal(error)

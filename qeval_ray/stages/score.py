@@ -26,6 +26,8 @@ import dataclasses
 import hashlib
 import logging
 import os
+import threading
+import time
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -104,6 +106,9 @@ class ScoreStage(AsyncStage):
     """An async callable class: Ray Data runs it in an actor pool, builds the engine once per actor
     and awaits several batches at once in each actor."""
 
+    WATCHDOG_INTERVAL_S = 2.0
+    DEAD_ENGINE_GRACE_S = 15.0  # a dead engine's requests fail well within this
+
     def __init__(self, options: ScoringOptions, scorer: Scorer, manifest_schema: pa.Schema,
                  engine: Engine | None = None):
         self.options = options
@@ -115,9 +120,13 @@ class ScoreStage(AsyncStage):
         self._one_call_at_a_time = asyncio.Lock()  # a batch engine computes one call at a time
         self._batches = SharedOrAlone()  # batches share the engine; a suspect batch runs alone
         self.progress = ProgressReporter(options.progress, _actor_name()) if options.progress is not None else None
+        self._stop_watchdog = threading.Event()
+        threading.Thread(target=self._watch_engine, name="engine-watchdog", daemon=True).start()
 
     def __del__(self):
         # Ray Data drops the stage when the actor pool shuts down gracefully.
+        if getattr(self, "_stop_watchdog", None) is not None:
+            self._stop_watchdog.set()
         if getattr(self, "progress", None) is not None:
             self.progress.stop()
         engine = getattr(self, "engine", None)
@@ -200,6 +209,20 @@ class ScoreStage(AsyncStage):
         self._end_if_fatal(error)
         log.warning("scoring %s failed: %s: %s", item.id, type(error).__name__, error)
         return f"{type(error).__name__}: {error}"
+
+    def _watch_engine(self) -> None:
+        """A dead engine normally fails the requests in it, and the first failure ends the actor;
+        if requests hang instead (a race inside the engine's clean-up), this thread ends it."""
+        dead_since, grace_s = None, self.DEAD_ENGINE_GRACE_S
+        while not self._stop_watchdog.wait(self.WATCHDOG_INTERVAL_S):
+            if not self.engine.is_dead():
+                dead_since = None
+            elif dead_since is None:
+                dead_since = time.monotonic()
+            elif time.monotonic() - dead_since > grace_s:
+                log.error("the engine's processes have gone and its requests did not fail within %.0f s; "
+                          "ending this actor so Ray replaces it", grace_s)
+                os._exit(70)
 
     def _end_if_fatal(self, error: BaseException) -> None:
         if self.engine.is_fatal(error):

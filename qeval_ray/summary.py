@@ -76,7 +76,7 @@ class RunSummary:
             f"  {self._throughput()}; media: "
             + ", ".join(f"{k} {v}" for k, v in sorted(self.by_media_type.items()))
             + f"; storage retries: {self.fetch_retries}"
-            + (f"; scoring actors lost mid-batch: {self.scoring_actor_crashes}" if self.scoring_actor_crashes else ""),
+            + (f"; batches retried after their scoring actor died: {self.scoring_actor_crashes}" if self.scoring_actor_crashes else ""),
         ]
         if self.options.get("v2s"):
             lines.append(f"  alignment: {self.alignment_in_parts} long prompt(s) scored in V2S parts")

@@ -114,7 +114,7 @@ def test_a_killed_scoring_actor_is_replaced(corpus, tiny_model, tmp_path):
     output = (tmp_path / "job.log").read_text()
     assert run.returncode == 0, output[-3000:]
     summary = json.loads((out / "_summary.json").read_text())
-    assert summary["scoring_actor_crashes"] >= 1 and "scoring actors lost mid-batch" in output
+    assert summary["scoring_actor_crashes"] >= 1 and "batches retried after their scoring actor died" in output
     table = pq.read_table(out / "scores", columns=["id", "status"])
     assert table.num_rows == ITEMS and len(set(table.column("id").to_pylist())) == ITEMS
     assert set(table.column("status").to_pylist()) == {"ok"}

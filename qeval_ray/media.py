@@ -308,30 +308,36 @@ def _decode_decord(data: bytes, options: VideoOptions) -> VideoClip:
 
 class _DecordRGB:
     """Decoded frame -> RGB exactly as decord converts it: through an FFmpeg filter graph
-    ``buffer -> scale=W:H -> format=rgb24 -> buffersink``, built as decord builds it
+    ``buffer -> [transpose] -> scale=W:H -> format=rgb24 -> buffersink``, built as decord builds it
     (``src/video/ffmpeg/filter_graph.cc`` and ``threaded_decoder.cc`` of dmlc/decord).
 
     PyAV's ``to_ndarray(format="rgb24")`` calls swscale directly with other flags (bilinear, no
     filter-graph colour negotiation): on clips whose chroma is subsampled and whose size is odd
     (MPEG-4 321x241 yuv420p, H.264 yuv422p with an odd height, MJPEG yuvj420p) its pixels differed
     from decord's by 30 to 61 levels here; through this graph they are equal, byte for byte
-    (tests/test_media_videos.py).
+    (tests/test_media_videos.py). decord also turns clips that carry a display rotation (phone
+    videos) upright with ``transpose`` filters, so the reference sees them upright; so does this.
     """
+
+    # decord's rotation (clockwise degrees, from the display matrix) -> its transpose filters.
+    TRANSPOSES = {90: ("1",), 180: ("1", "1"), 270: ("2",)}
 
     def __init__(self, frame, time_base):
         import fractions
 
         import av
 
+        # PyAV gives the display matrix's counter-clockwise angle; decord's is its negation.
+        transposes = self.TRANSPOSES.get(int(round(-(frame.rotation or 0))) % 360, ())
+        width, height = (frame.height, frame.width) if len(transposes) == 1 else (frame.width, frame.height)
         self.graph = av.filter.Graph()
-        source = self.graph.add_buffer(width=frame.width, height=frame.height, format=frame.format,
-                                       time_base=time_base or fractions.Fraction(1, 1000))
-        scale = self.graph.add("scale", f"{frame.width}:{frame.height}")
-        rgb = self.graph.add("format", "rgb24")
-        sink = self.graph.add("buffersink")
-        source.link_to(scale)
-        scale.link_to(rgb)
-        rgb.link_to(sink)
+        chain = [self.graph.add_buffer(width=frame.width, height=frame.height, format=frame.format,
+                                       time_base=time_base or fractions.Fraction(1, 1000))]
+        chain += [self.graph.add("transpose", t) for t in transposes]
+        chain += [self.graph.add("scale", f"{width}:{height}"), self.graph.add("format", "rgb24"),
+                  self.graph.add("buffersink")]
+        for a, b in zip(chain, chain[1:]):
+            a.link_to(b)
         self.graph.configure()
 
     def __call__(self, frame) -> np.ndarray:

@@ -7,7 +7,7 @@ PIP    := env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null $(VENV)/bin/pip
 STAMP  := $(VENV)/.qeval-installed
 DEMO   ?= .demo
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test clean parity
 
 setup: $(STAMP)
 
@@ -33,3 +33,8 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(DEMO) .pytest_cache
+
+# Scores against the reference's own stack (transformers 4.46.0, installed into build/parity: needs
+# the package index once); prints the table and rewrites tests/fixtures/tf446_logprobs.json.
+parity: $(STAMP)
+	$(PY) scripts/parity.py --write-fixture

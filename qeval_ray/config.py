@@ -14,6 +14,7 @@ from qeval_ray import media
 from qeval_ray.storage import DEFAULT_MAX_BYTES, StorageOptions
 from qeval_ray.v2s import DEFAULT_VAGUE_WEIGHT, LONG_PROMPT_WORDS, MAX_SPECIFIC, V2SOptions
 from qeval_ray.engines import ENGINE_NAMES
+from qeval_ray.engines.base import ROPE_POSITIONS
 from qeval_ray import __version__
 from qeval_ray.options import build_parser, choice_problem, comma_list, did_you_mean, option, parse_config
 from qeval_ray.report.options import MetricOptions, ReportOptions
@@ -69,6 +70,11 @@ class ScoreConfig:
     enforce_eager: bool = option(False, group=_MODEL, help="vLLM: no CUDA graphs / torch.compile (fast start; use on CPU)")
     gpu_memory_utilization: float = option(0.9, group=_MODEL, help="vLLM: share of GPU memory to use")
     max_num_batched_tokens: int | None = option(None, group=_MODEL, parse=int, help="vLLM: tokens per engine step")
+    rope_positions: str = option("mrope", group=_MODEL, choices=ROPE_POSITIONS,
+                                 help="HF engine: text positions around media. mrope: Qwen2-VL's M-RoPE, as the "
+                                 "model was trained and as vLLM and transformers >= 4.47 compute them; flat: "
+                                 "0..L-1 on every axis, as transformers 4.46.0's forward (the reference "
+                                 "infer.py's pin) computes them, to reproduce its published numbers")
     tensor_parallel_size: int = option(1, group=_MODEL, help="vLLM: GPUs one engine spans, for models that do not "
                                        "fit one GPU (each scoring actor then asks for that many)")
     # Vague-to-Specific: long prompts' alignment from the manifest's v2s_vague/v2s_specific parts
@@ -151,7 +157,11 @@ class ScoreConfig:
         problems = []
         problems += [p for p in (choice_problem("--engine", self.engine, ENGINE_NAMES),
                                  choice_problem("--dtype", self.dtype, DTYPES),
-                                 choice_problem("--video-decoder", self.video_decoder, media.VIDEO_DECODERS)) if p]
+                                 choice_problem("--video-decoder", self.video_decoder, media.VIDEO_DECODERS),
+                                 choice_problem("--rope-positions", self.rope_positions, ROPE_POSITIONS)) if p]
+        if self.rope_positions != ROPE_POSITIONS[0] and self.engine != "hf":
+            problems.append(f"--rope-positions {self.rope_positions} reproduces transformers 4.46.0's forward with "
+                            "the HF engine only (vLLM always computes M-RoPE): add --engine hf")
         if self.engine == "vllm" and importlib.util.find_spec("vllm") is None:
             problems.append("--engine vllm: vLLM is not installed here (pip install vllm), or use --engine hf")
         unknown = [a for a in self.aspects if a not in ASPECTS]

@@ -117,7 +117,8 @@ def decode_image(data: bytes, options: ImageOptions = ImageOptions()) -> np.ndar
 # size, where the reference decodes the whole clip first.
 #
 # Decoders: PyAV first, decord (the reference's decoder) for what PyAV cannot open. Both are FFmpeg
-# underneath and give the same frames (tests compare against qwen-vl-utils' own decord path); PyAV
+# underneath; PyAV converts to RGB through the same filter graph as decord (``_DecordRGB``), so both
+# give the same frames, byte for byte (tests compare against decord and qwen-vl-utils' own path); PyAV
 # is the first choice because, measured here on a 2-minute 1080p clip, it decoded the sampled
 # frames in 2-3 s against decord's 9 s, and decord's memory grew by ~130 MB per chunk whenever
 # torch work (the resize) ran between its calls, reaching 7 GB where PyAV stayed at 1.6 GB.
@@ -305,6 +306,45 @@ def _decode_decord(data: bytes, options: VideoOptions) -> VideoClip:
     return VideoClip(frames, indices, fps, total, _sample_fps(len(indices), total, fps))
 
 
+class _DecordRGB:
+    """Decoded frame -> RGB exactly as decord converts it: through an FFmpeg filter graph
+    ``buffer -> [transpose] -> scale=W:H -> format=rgb24 -> buffersink``, built as decord builds it
+    (``src/video/ffmpeg/filter_graph.cc`` and ``threaded_decoder.cc`` of dmlc/decord).
+
+    PyAV's ``to_ndarray(format="rgb24")`` calls swscale directly with other flags (bilinear, no
+    filter-graph colour negotiation): on clips whose chroma is subsampled and whose size is odd
+    (MPEG-4 321x241 yuv420p, H.264 yuv422p with an odd height, MJPEG yuvj420p) its pixels differed
+    from decord's by 30 to 61 levels here; through this graph they are equal, byte for byte
+    (tests/test_media_videos.py). decord also turns clips that carry a display rotation (phone
+    videos) upright with ``transpose`` filters, so the reference sees them upright; so does this.
+    """
+
+    # decord's rotation (clockwise degrees, from the display matrix) -> its transpose filters.
+    TRANSPOSES = {90: ("1",), 180: ("1", "1"), 270: ("2",)}
+
+    def __init__(self, frame, time_base):
+        import fractions
+
+        import av
+
+        # PyAV gives the display matrix's counter-clockwise angle; decord's is its negation.
+        transposes = self.TRANSPOSES.get(int(round(-(frame.rotation or 0))) % 360, ())
+        width, height = (frame.height, frame.width) if len(transposes) == 1 else (frame.width, frame.height)
+        self.graph = av.filter.Graph()
+        chain = [self.graph.add_buffer(width=frame.width, height=frame.height, format=frame.format,
+                                       time_base=time_base or fractions.Fraction(1, 1000))]
+        chain += [self.graph.add("transpose", t) for t in transposes]
+        chain += [self.graph.add("scale", f"{width}:{height}"), self.graph.add("format", "rgb24"),
+                  self.graph.add("buffersink")]
+        for a, b in zip(chain, chain[1:]):
+            a.link_to(b)
+        self.graph.configure()
+
+    def __call__(self, frame) -> np.ndarray:
+        self.graph.push(frame)
+        return self.graph.pull().to_ndarray()
+
+
 def _decode_pyav(data: bytes, options: VideoOptions) -> VideoClip:
     import av
 
@@ -326,9 +366,11 @@ def _decode_pyav(data: bytes, options: VideoOptions) -> VideoClip:
     with av.open(io.BytesIO(data)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        to_rgb = None
         for i, frame in enumerate(container.decode(stream)):
             if i in copies:
-                rgb = frame.to_ndarray(format="rgb24")  # convert only the sampled frames
+                to_rgb = to_rgb or _DecordRGB(frame, stream.time_base)
+                rgb = to_rgb(frame)  # convert only the sampled frames
                 for _ in range(copies[i]):
                     sampler.add(rgb)
             if i >= indices[-1]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from qeval_ray import __version__, runtime, storage
 from qeval_ray.config import ConfigError, ScoreConfig, looks_local, strip_file
 from qeval_ray.contracts.schema import Provenance
-from qeval_ray.engines.base import EngineConfig
+from qeval_ray.engines.base import ROPE_POSITIONS, EngineConfig
 from qeval_ray.storage import StorageOptions
 
 
@@ -31,6 +31,7 @@ def engine_config(config: ScoreConfig, gpus: float) -> EngineConfig:
         gpu_memory_utilization=config.gpu_memory_utilization,
         max_num_batched_tokens=config.max_num_batched_tokens,
         tensor_parallel_size=config.tensor_parallel_size,
+        rope_positions=config.rope_positions,
     )
 
 
@@ -67,6 +68,8 @@ def score_settings(config: ScoreConfig, manifest) -> dict:
     }
     if config.v2s:  # only when used: outputs made before V2S existed keep their fingerprint
         asked["v2s"] = {"vague_weight": config.v2s_vague_weight, "min_words": config.v2s_min_words}
+    if config.rope_positions != ROPE_POSITIONS[0]:  # likewise: default runs keep their fingerprint
+        asked["rope_positions"] = config.rope_positions
     return asked
 
 
@@ -90,12 +93,18 @@ def code_version() -> str:
         return __version__
 
 
+def engine_label(engine: str, rope_positions: str) -> str:
+    """The provenance's engine: its name, plus ``+flat-rope`` on scores made with transformers
+    4.46.0's flat positions (``--rope-positions flat``), so such rows never pass for default ones."""
+    return engine if rope_positions == ROPE_POSITIONS[0] else f"{engine}+{rope_positions}-rope"
+
+
 def make_provenance(config: ScoreConfig, engine: EngineConfig) -> Provenance:
     return Provenance(
         scorer_model=storage.redact(config.model),
         scorer_revision=model_revision(engine.model, config.revision, config.storage),
         prompt_version=config.scorer.version,
-        engine=config.engine,
+        engine=engine_label(config.engine, engine.rope_positions),
         dtype=engine.dtype,
         code_version=code_version(),
     )

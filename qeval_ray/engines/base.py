@@ -24,6 +24,11 @@ from typing import ClassVar, Sequence
 import numpy as np
 
 
+# How the HF engine gives text positions around media (see qeval_ray.engines.hf): "mrope" (the
+# default: as the model was trained) or "flat" (transformers 4.46.0's forward, the reference's pin).
+ROPE_POSITIONS = ("mrope", "flat")
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     model: str
@@ -38,6 +43,7 @@ class EngineConfig:
     seed: int = 0
     load_format: str = "auto"  # "dummy": random weights from the config (benchmarks of the architecture)
     tensor_parallel_size: int = 1  # vLLM: GPUs one engine spans (models that do not fit one GPU)
+    rope_positions: str = ROPE_POSITIONS[0]  # HF: "mrope" | "flat" (ROPE_POSITIONS)
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,24 @@
 Requests are batched with left padding, so the last position of every row is its own next-token
 position; only that position's logits are computed (``logits_to_keep=1``).
 
-M-RoPE positions are computed here, as the reference's transformers (4.46) and vLLM compute them:
-after a vision block the text continues at the block's largest position + 1, its temporal extent
-included. transformers 5.x continues at ``max(h, w)`` instead, which changes every video whose
-temporal grid is longer than its spatial one (most clips sampled at 8 fps): seen here as a 1.7e-4
-score difference on a 12-frame 84x140 clip, gone with these positions.
+Positions (``EngineConfig.rope_positions``):
+
+- ``mrope`` (default): Qwen2-VL's M-RoPE positions, computed here (:func:`reference_position_ids`)
+  as transformers 4.46's ``get_rope_index``, ms-swift's training collator and vLLM compute them:
+  a vision block gets (t, h, w) grid positions, and the text after it continues at the block's
+  largest position + 1, its temporal extent included. transformers 5.x's own rule continues at
+  ``max(h, w)`` instead, which changes every video whose temporal grid is longer than its spatial
+  one (most clips sampled at 8 fps): seen here as a 1.7e-4 score difference on a 12-frame 84x140
+  clip, gone with these positions. Q-Eval-Score was fine-tuned with ms-swift, whose Qwen2-VL
+  collator passes ``get_rope_index`` positions in training (modelscope/ms-swift,
+  ``swift/llm/utils/template.py`` in 2.x, ``swift/llm/template/template/qwen.py`` from 3.0), so
+  these are the positions the model learnt.
+- ``flat``: every rotary axis gets the plain positions 0..L-1 of the sequence (padding excluded).
+  That is what the reference's ``infer.py`` computes: it pins transformers 4.46.0 and calls
+  ``model(**inputs)`` without ``position_ids``, and 4.46's forward then uses the cache positions on
+  all three axes (``get_rope_index`` runs only inside ``generate()``; 4.47.0 is the first release
+  whose forward computes M-RoPE itself). Use it to reproduce ``infer.py``'s numbers, not as the
+  model's meaning: it is a train/inference mismatch of the reference script.
 """
 
 from __future__ import annotations
@@ -16,7 +29,8 @@ from typing import Sequence
 
 import numpy as np
 
-from qeval_ray.engines.base import Engine, EngineConfig, ScoreRequest, chat_prompt, processor_kwargs
+from qeval_ray.engines.base import (ROPE_POSITIONS, Engine, EngineConfig, ScoreRequest, chat_prompt,
+                                    processor_kwargs)
 
 
 class HFEngine(Engine):
@@ -42,6 +56,8 @@ class HFEngine(Engine):
                 config.model, revision=config.revision, dtype=dtype
             ).to(config.device).eval()
         self.processor_kwargs = processor_kwargs(self.processor)
+        if config.rope_positions not in ROPE_POSITIONS:
+            raise ValueError(f"unknown rope_positions {config.rope_positions!r}: one of {ROPE_POSITIONS}")
 
     @property
     def tokenizer(self):
@@ -59,10 +75,13 @@ class HFEngine(Engine):
             return_tensors="pt",
             **self.processor_kwargs,
         ).to(self.model.device)
-        positions = reference_position_ids(
-            inputs["input_ids"], inputs["attention_mask"], inputs.get("image_grid_thw"),
-            inputs.get("video_grid_thw"), self.model.config,
-        )
+        if self.config.rope_positions == "flat":
+            positions = flat_position_ids(inputs["attention_mask"])
+        else:
+            positions = reference_position_ids(
+                inputs["input_ids"], inputs["attention_mask"], inputs.get("image_grid_thw"),
+                inputs.get("video_grid_thw"), self.model.config,
+            )
         with self.torch.inference_mode():
             logits = self.model(**inputs, position_ids=positions, logits_to_keep=1).logits[:, -1]
             logprobs = self.torch.log_softmax(logits.double(), dim=-1)  # float64: the reference yardstick
@@ -77,7 +96,8 @@ class HFEngine(Engine):
 
 
 def reference_position_ids(input_ids, attention_mask, image_grid_thw, video_grid_thw, config):
-    """Qwen2-VL's 3 x batch x length M-RoPE position ids, by the reference's rule (module doc)."""
+    """Qwen2-VL's 3 x batch x length M-RoPE position ids, by transformers 4.46's ``get_rope_index``
+    rule (module doc)."""
     import torch
 
     merge = config.vision_config.spatial_merge_size
@@ -103,3 +123,15 @@ def reference_position_ids(input_ids, attention_mask, image_grid_thw, video_grid
             start = at + t * h * w
         positions[:, row, mask] = torch.cat(parts, dim=1).to(positions.device)
     return positions
+
+
+def flat_position_ids(attention_mask):
+    """transformers 4.46.0's positions for a forward without ``position_ids``: 0..L-1 on all three
+    axes. 4.46 counts from the first column of the batch; ``infer.py`` scores one unpadded
+    sequence per call, so here each row counts from its own first token (left padding changes
+    nothing) and padding positions stay 1, as in :func:`reference_position_ids`."""
+    import torch
+
+    mask = attention_mask.bool()
+    flat = (mask.long().cumsum(-1) - 1).masked_fill(~mask, 1)
+    return flat.unsqueeze(0).expand(3, -1, -1).contiguous()

@@ -366,3 +366,45 @@ def test_the_scatter_legend_hides_no_point():
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def test_a_labels_file_follows_the_manifests_missing_label_rule(tmp_path, capsys):
+    table = scores_table(12)
+    out = _finished_scores(tmp_path, table.drop_columns(["quality_mos", "alignment_mos"]))
+    mos = table.column("quality_mos").to_pylist()
+    cells = [f"{v:.3f}" for v in mos]
+    cells[1], cells[4], cells[7] = "n/a", "", " NULL "
+    lines = ["id,quality_mos,alignment_mos"] + [f"r{i},{c},{'NA' if i % 2 else '3'}" for i, c in enumerate(cells)]
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    opts = ReportOptions(labels=str(tmp_path / "labels.csv"), metrics=MetricOptions(bootstrap=0))
+    data = load(str(out), opts, _storage())
+    assert int(np.isfinite(data.labels["quality"]).sum()) == 9  # three missing, by the manifest's rule
+    assert int(np.isfinite(data.labels["alignment"]).sum()) == 6
+    lines[6] = "r5,4 stars,3"
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    code, err = _report(["--scores", out, "--labels", tmp_path / "labels.csv", "--output", tmp_path / "rep"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"--labels {tmp_path / 'labels.csv'}: column 'quality_mos', row 6 (id 'r5'): '4 stars' is not a number" in err
+
+
+def test_a_run_whose_labels_are_all_missing_has_no_report_and_says_why(tmp_path):
+    from qeval_ray.config import ScoreConfig
+    from qeval_ray.contracts.layout import OutputLayout
+    from qeval_ray.pipeline import job_report
+    from qeval_ray.summary import RunSummary
+
+    n = 10
+    out = write_scores(tmp_path, scores_table(n, quality_mos=pa.nulls(n, pa.float64()),
+                                              alignment_mos=pa.nulls(n, pa.float64())))
+    config = ScoreConfig(input=str(tmp_path / "m.csv"), output=str(out))
+    path, why = job_report(OutputLayout(str(out)), config, {})
+    assert path is None and why.startswith("no labels")
+    assert not (out / "_report" / "report.md").exists()
+    summary = RunSummary(input="m.csv", output=str(out), rows_in=n, rows_out=n, ok=n, rows_this_run=n, fetch_retries=0,
+                         scoring_actor_crashes=0, alignment_in_parts=0, driver_peak_mb=0.0, by_status={"ok": n},
+                         by_media_type={}, error_examples={}, elapsed_s=1.0, items_per_s=1.0, scoring_s=None,
+                         items_per_s_scoring=None, provenance={}, no_report=why)
+    assert f"  report:  none ({why})" in summary.format().splitlines()
+    good = write_scores(tmp_path, scores_table(n), "good")
+    path, why = job_report(OutputLayout(str(good)), ScoreConfig(input="m.csv", output=str(good)), {})
+    assert why is None and path.endswith("_report/report.md") and (good / "_report" / "report.md").exists()

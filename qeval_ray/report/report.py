@@ -91,12 +91,13 @@ def load(scores_uri: str, options: ReportOptions, storage_options: storage.Stora
     names = set(dataset.schema.names)
     check_group_column(dataset.schema, options.group_by)
     labels_table = None
-    if options.labels:
-        labels_table = _dataset(options.labels, storage_options).to_table()
-        if "id" not in labels_table.column_names:
-            raise ReportError(f"--labels {options.labels}: no 'id' column to join on")
-        labels_table = labels_table.select(["id"] + [c for c in LABEL_COLUMNS.values() if c in labels_table.column_names])
-        labels_table = labels_table.set_column(0, "id", labels_table.column("id").cast(pa.string()))
+    if options.labels:  # read as a manifest's labels are: the same formats, the same missing-label rule
+        from qeval_ray.stages.read import ManifestError, read_labels
+
+        try:
+            labels_table = read_labels(options.labels, storage_options, f"--labels {storage.redact(options.labels)}")
+        except ManifestError as e:
+            raise ReportError(str(e)) from None
     wanted = [STATUS, MEDIA_TYPE, PROMPT, *ASPECTS, *LABEL_COLUMNS.values(), options.group_by]
     columns = [c for c in dict.fromkeys(wanted) if c in names] + (["id"] if labels_table is not None else [])
     parts = []

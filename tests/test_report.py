@@ -408,3 +408,21 @@ def test_a_run_whose_labels_are_all_missing_has_no_report_and_says_why(tmp_path)
     good = write_scores(tmp_path, scores_table(n), "good")
     path, why = job_report(OutputLayout(str(good)), ScoreConfig(input="m.csv", output=str(good)), {})
     assert why is None and path.endswith("_report/report.md") and (good / "_report" / "report.md").exists()
+
+
+def test_report_help_is_grouped_with_an_example_and_a_version(capsys):
+    from qeval_ray.config import report_parser
+
+    text = report_parser().format_help()
+    body = text.split("\noptions:")[1]
+    for group in ("input and output:", "figures:", "storage:"):
+        assert group in body
+    assert body.index("input and output:") < body.index("--scores") < body.index("figures:") < body.index("--by")
+    assert "(default: None)" not in text and "(default: True)" not in text and "(default: False)" not in text
+    assert "example" in text and "python jobs/report.py --scores s3://" in text
+    with pytest.raises(SystemExit) as e:
+        report_parser().parse_args(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("qeval-ray ")
+    with pytest.raises(SystemExit):
+        report_parser().parse_args(["--scores", "s", "--output", "o", "--boostrap", "3"])
+    assert "did you mean '--bootstrap'?" in capsys.readouterr().err

@@ -188,6 +188,8 @@ def _json_lines_by_python(data: bytes) -> pa.Table:
     import json
 
     rows = [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
+    if not all(isinstance(row, dict) for row in rows):
+        raise ValueError("every line of a JSON Lines manifest must be one JSON object")
     labels = set(LABEL_COLUMNS.values())
     names = list(dict.fromkeys(name for row in rows for name in row))
     columns = {}

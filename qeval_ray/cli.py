@@ -66,19 +66,26 @@ def report_main(argv: list[str] | None = None) -> int:
     from qeval_ray.report.report import REPORT_MARKDOWN, ReportError, make_report
 
     config = parse_report_args(argv)
-    layout = OutputLayout(config.scores, config.storage)
-    if layout.is_unfinished() and not config.allow_incomplete:
-        print(f"qeval-ray report: error: {storage.redact(config.scores)} has no _summary.json: the run did not finish "
-              "(rerun it to complete, or pass --allow-incomplete)", file=sys.stderr)
-        return EXIT_USAGE
-    provenance = (layout.read_summary() or {}).get("provenance", {})
     try:
+        layout = OutputLayout(config.scores, config.storage)
+        if layout.is_unfinished() and not config.allow_incomplete:
+            print(f"qeval-ray report: error: {storage.redact(config.scores)} has no _summary.json: the run did not "
+                  "finish (rerun it to complete, or pass --allow-incomplete)", file=sys.stderr)
+            return EXIT_USAGE
+        provenance = (layout.read_summary() or {}).get("provenance", {})
         report = make_report(config.scores, config.output, config.report_options, config.storage, provenance)
     except ReportError as e:
         print(f"qeval-ray report: {e}", file=sys.stderr)
         return EXIT_USAGE
     except FileNotFoundError as e:
         print(f"qeval-ray report: error: no scores at {storage.redact(config.scores)} ({e})", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as e:  # noqa: BLE001 - storage libraries raise many types: one line says which problem
+        problem = storage.storage_problem(e, config.scores)
+        if problem is None:
+            raise
+        print(f"qeval-ray report: error: cannot read the scores {storage.redact(config.scores)}: {problem}",
+              file=sys.stderr)
         return EXIT_USAGE
     print(f"qeval-ray report: {len(report['figures'])} figures, {len(report['plots'])} plots -> "
           f"{storage.join(storage.redact(config.output), REPORT_MARKDOWN)}")

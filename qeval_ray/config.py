@@ -230,20 +230,26 @@ def parse_score_args(argv: list[str] | None = None) -> ScoreConfig:
 # --- the correlation report (jobs/report.py) -----------------------------------------------------
 
 
+_FIGURES = "figures"
+
+
 @dataclass(frozen=True)
 class ReportConfig:
-    scores: str = option(help="the score job's output directory (or its scores/ directory)")
-    output: str = option(help="report directory (report.json, report.md, *.png)")
-    labels: str | None = option(None, metavar="FILE", help="parquet/csv/jsonl with id and quality_mos/alignment_mos, "
-                                "joined on id where the scores carry no label")
-    by: str = option(ReportOptions.group_by, metavar="COLUMN", help="the generator column for model-level figures")
-    bootstrap: int = option(MetricOptions.bootstrap, help="bootstrap resamples per interval (0: none)")
-    bootstrap_max_n: int = option(MetricOptions.bootstrap_max_n, help="above this many pairs, Fisher-z intervals")
-    seed: int = option(MetricOptions.seed, help="bootstrap seed")
-    long_prompt_words: int = option(LONG_PROMPT_WORDS, help="the long-prompt subset: more words than this")
-    plots: bool = option(True, flag="--no-plots", help="skip the PNG plots")
-    allow_incomplete: bool = option(False, help="report on scores of an unfinished run")
-    s3_endpoint: str | None = option(None, metavar="URL", help="S3-compatible endpoint URL")
+    scores: str = option(group=_IO, metavar="DIR", help="the score job's output directory (or its scores/ directory)")
+    output: str = option(group=_IO, metavar="DIR", help="report directory (report.json, report.md, *.png)")
+    labels: str | None = option(None, group=_IO, metavar="FILE", help="parquet/csv/jsonl with id and "
+                                "quality_mos/alignment_mos, joined on id where the scores carry no label")
+    allow_incomplete: bool = option(False, group=_IO, help="report on scores of an unfinished run")
+    by: str = option(ReportOptions.group_by, group=_FIGURES, metavar="COLUMN",
+                     help="the generator column for model-level figures")
+    bootstrap: int = option(MetricOptions.bootstrap, group=_FIGURES, help="bootstrap resamples per interval (0: none)")
+    bootstrap_max_n: int = option(MetricOptions.bootstrap_max_n, group=_FIGURES,
+                                  help="above this many pairs, Fisher-z intervals")
+    seed: int = option(MetricOptions.seed, group=_FIGURES, help="bootstrap seed")
+    long_prompt_words: int = option(LONG_PROMPT_WORDS, group=_FIGURES, help="the long-prompt subset: more words than this")
+    plots: bool = option(True, group=_FIGURES, flag="--no-plots", help="skip the PNG plots")
+    s3_endpoint: str | None = option(None, group=_STORAGE, metavar="URL",
+                                     help="S3-compatible endpoint (else AWS_ENDPOINT_URL, else AWS)")
 
     @property
     def storage(self) -> StorageOptions:
@@ -256,10 +262,20 @@ class ReportConfig:
                                                                      bootstrap_max_n=self.bootstrap_max_n))
 
 
+REPORT_EXAMPLE = """example (a finished run's scores, human labels from another file, figures per generator):
+  python jobs/report.py --scores s3://bucket/scores/2026-12-02/ --labels s3://bucket/labels/mos.parquet \\
+      --by model --output s3://bucket/reports/2026-12-02/"""
+
+
+def report_parser():
+    return build_parser(
+        ReportConfig, prog="jobs/report.py",
+        description="Correlation report (SRCC, KRCC, PLCC, logistic fit, bootstrap CIs) of scores against MOS.",
+        epilog=REPORT_EXAMPLE, groups=(_IO, _FIGURES, _STORAGE), version=f"qeval-ray {__version__}")
+
+
 def parse_report_args(argv: list[str] | None = None) -> ReportConfig:
-    parser = build_parser(ReportConfig, prog="jobs/report.py", description=(
-        "Correlation report (SRCC, KRCC, PLCC, logistic fit, bootstrap CIs) of scores against MOS."))
-    return parse_config(ReportConfig, parser, argv)
+    return parse_config(ReportConfig, report_parser(), argv)
 
 
 # --- the V2S rewrite (jobs/v2s_parts.py) ---------------------------------------------------------

@@ -39,6 +39,19 @@ def score_stages(config: ScoreConfig, manifest: Manifest, scoring: ScoringOption
     ]
 
 
+def job_report(layout: OutputLayout, config: ScoreConfig, provenance: dict) -> tuple[str | None, str | None]:
+    """The run's correlation report: (its Markdown's uri, None), or (None, why there is none) when
+    the labels give nothing to report (e.g. every one missing); the scores stand either way."""
+    from qeval_ray.report.options import ReportOptions
+    from qeval_ray.report.report import REPORT_MARKDOWN, ReportError, make_report  # scipy, matplotlib: when needed
+
+    try:
+        make_report(layout.uri, layout.report, ReportOptions(), config.storage, provenance)
+    except ReportError as e:
+        return None, str(e)
+    return storage.join(layout.report, REPORT_MARKDOWN), None
+
+
 def run_score_job(config: ScoreConfig, console: Console | None = None) -> RunSummary:
     console = console or Console(verbose=True)
     started = time.time()
@@ -79,10 +92,8 @@ def run_score_job(config: ScoreConfig, console: Console | None = None) -> RunSum
                         scoring_actor_crashes=runtime.get(ledger.crash_events),
                         scoring_s=runtime.get(progress.snapshot)["scoring_s"])
     if config.report and manifest.has_labels:
-        from qeval_ray.report.options import ReportOptions
-        from qeval_ray.report.report import REPORT_MARKDOWN, make_report  # scipy, matplotlib: only when needed
-
-        make_report(layout.uri, layout.report, ReportOptions(), config.storage, provenance.as_dict())
-        summary.report = storage.join(layout.report, REPORT_MARKDOWN)
+        summary.report, summary.no_report = job_report(layout, config, provenance.as_dict())
+    elif manifest.has_labels:
+        summary.no_report = "--no-report"
     layout.write_summary(summary.to_json())  # _summary.json last: its presence means the run completed
     return summary

@@ -21,7 +21,7 @@ from qeval_ray import runtime, storage, v2s
 from qeval_ray.config import ConfigError, RewriteConfig
 from qeval_ray.contracts.schema import PROMPT, URI, V2S_SPECIFIC, V2S_VAGUE, conform
 from qeval_ray.stages.base import RowAccountingError
-from qeval_ray.stages.read import open_manifest
+from qeval_ray.stages.read import conform_manifest, open_manifest
 
 REWRITE_ERROR = "v2s_rewrite_error"  # why a long prompt got no parts (null where it got them)
 REWRITER = "v2s_rewriter"  # the model and instruction version that wrote a row's parts
@@ -156,7 +156,7 @@ def run_rewrite_job(config: RewriteConfig) -> dict:
 
     def absolute_uris(batch: pa.Table) -> pa.Table:
         # the output lives elsewhere: relative media paths would no longer resolve from it
-        batch = conform(batch, schema)
+        batch = conform_manifest(batch, schema)  # labels parsed as the score job does (missing texts: null)
         uris = [None if u is None else storage.resolve(u, manifest.base_dir) for u in batch.column(URI).to_pylist()]
         return batch.set_column(batch.schema.get_field_index(URI), URI, pa.array(uris, pa.string()))
 

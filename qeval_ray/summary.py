@@ -46,6 +46,7 @@ class RunSummary:
     provenance: dict[str, str]
     options: dict = field(default_factory=dict)
     report: str | None = None  # the report's Markdown, when the manifest carried labels
+    no_report: str | None = None  # why the labels gave no report (e.g. every one missing)
     note: str | None = None  # e.g. that the output was already complete
 
     @classmethod
@@ -86,7 +87,7 @@ class RunSummary:
         lines.append(f"  scores:  {storage.join(self.output, OutputLayout.SCORES)}/")
         lines.append(f"  summary: {storage.join(self.output, OutputLayout.SUMMARY)}")
         lines.append(f"  report:  {self.report}" if self.report
-                     else "  report:  none (the manifest has no quality_mos / alignment_mos labels)")
+                     else f"  report:  none ({self.no_report or 'the manifest has no quality_mos / alignment_mos labels'})")
         if self.note:
             lines.insert(0, f"qeval-ray: {self.note}")
         return "\n".join(lines)

@@ -83,8 +83,89 @@ def test_missing_ids(tmp_path):
 
 def test_label_that_is_not_a_number(tmp_path):
     rows = [dict(r, quality_mos="great") for r in ROWS]
-    with pytest.raises(ManifestError, match="'quality_mos' cannot be read as double"):
+    with pytest.raises(ManifestError, match="column 'quality_mos', row 1 \\(id 'a'\\): 'great' is not a number"):
         open_manifest(str(_write(tmp_path / "m.parquet", rows, "parquet")))
+
+
+# --- labels: one missing-label rule for every format; a bad value named by column, row and id --------
+
+# Label cells as a user writes them, and what each must read as (None: missing).
+LABEL_CELLS = [("3.5", 3.5), ("n/a", None), ("NA", None), ("", None), (" null ", None), ("None", None),
+               ("NaN", None), ("4", 4.0), ("1e0", 1.0), ("N/A", None)]
+
+
+def _label_rows(cells, fmt):
+    rows = []
+    for i, (cell, _) in enumerate(cells):
+        value = cell
+        if fmt == "jsonl":  # JSON: numbers as numbers, the rest as strings (a column mixing both)
+            try:
+                value = float(cell) if cell.strip() else cell
+            except ValueError:
+                pass
+        rows.append({"id": f"r{i}", "uri": f"{i}.png", "prompt": "p", "quality_mos": value})
+    return rows
+
+
+def _read_as_ray_does(m):
+    """The blocks Ray Data's readers give for the manifest (the same readers and options as
+    Manifest.read), conformed by the decode stage's first step."""
+    import pyarrow.csv as pacsv
+
+    from qeval_ray.stages.read import _csv_convert, conform_manifest, read_json_table
+
+    path = m.paths[0]
+    if m.format == "csv":
+        block = pacsv.read_csv(path, convert_options=_csv_convert(m.schema))
+    elif m.format == "json":
+        block = read_json_table(open(path, "rb").read())
+    else:
+        block = pq.read_table(path)
+    return conform_manifest(block, m.schema)
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl", "csv"])
+def test_missing_labels_are_the_same_texts_in_every_format(tmp_path, fmt):
+    m = open_manifest(str(_write(tmp_path / f"m.{fmt}", _label_rows(LABEL_CELLS, fmt), fmt)))
+    assert m.schema.field("quality_mos").type == pa.float64()
+    assert _read_as_ray_does(m).column("quality_mos").to_pylist() == [v for _, v in LABEL_CELLS]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl", "csv"])
+@pytest.mark.parametrize("bad", ["great", "#N/A", "4 stars", "-"])
+def test_a_bad_label_is_named_by_column_row_and_id(tmp_path, fmt, bad):
+    cells = [("3.5", 3.5), ("n/a", None), (bad, None), ("2", 2.0)]
+    with pytest.raises(ManifestError) as e:
+        open_manifest(str(_write(tmp_path / f"m.{fmt}", _label_rows(cells, fmt), fmt)))
+    message = str(e.value)
+    assert f"column 'quality_mos', row 3 (id 'r2'): {bad!r} is not a number" in message
+    assert "missing: empty, null, or one of 'na', 'n/a', 'nan', 'null', 'none' (any case)" in message
+    assert "\n" not in message and "#" not in message.replace(bad, "")  # named, not a column number
+
+
+def test_a_bad_label_in_a_directory_names_its_file_and_row_there(tmp_path):
+    _write(tmp_path / "p0.csv", _label_rows([("1", 1.0)] * 5, "csv"), "csv")
+    rows = _label_rows([("2", 2.0), ("oops", None)], "csv")
+    _write(tmp_path / "p1.csv", [dict(r, id=f"q{i}") for i, r in enumerate(rows)], "csv")
+    with pytest.raises(ManifestError, match=r"column 'quality_mos', row 2 of p1.csv \(id 'q1'\): 'oops'"):
+        open_manifest(str(tmp_path))
+
+
+def test_a_bad_label_far_down_a_large_file_is_found(tmp_path):
+    rows = _label_rows([("3", 3.0)] * 100_000 + [("3.0.1", None)], "csv")
+    with pytest.raises(ManifestError, match=r"row 100001 \(id 'r100000'\): '3.0.1'"):
+        open_manifest(str(_write(tmp_path / "m.csv", rows, "csv")))
+
+
+def test_the_readme_states_the_missing_label_texts():
+    from conftest import REPO
+    from qeval_ray.contracts.schema import MISSING_LABEL_TEXTS
+
+    readme = (REPO / "README.md").read_text()
+    stated = readme.split("### Input manifest")[1].split("###")[0]
+    for text in MISSING_LABEL_TEXTS:
+        if text:
+            assert f"`{text}`" in stated.lower(), text
 
 
 def test_unreadable_missing_empty_and_mixed(tmp_path):
@@ -117,3 +198,12 @@ def test_reads_through_ray_with_the_validated_schema(tmp_path, ray_local):
     table = pa.concat_tables(ray_local.get(m.read().to_arrow_refs()))
     assert table.schema.equals(m.schema)
     assert sorted(table.column("id").to_pylist()) == ["a", "b", "c"]
+    # Labels through Ray's readers: the same missing texts as the driver's check, in CSV and in a
+    # JSON column mixing numbers and texts (which pyarrow's JSON reader alone refuses).
+    from qeval_ray.stages.read import conform_manifest
+
+    for fmt in ("csv", "jsonl"):
+        m = open_manifest(str(_write(tmp_path / f"labels.{fmt}", _label_rows(LABEL_CELLS, fmt), fmt)))
+        blocks = pa.concat_tables(conform_manifest(b, m.schema) for b in ray_local.get(m.read().to_arrow_refs()))
+        got = dict(zip(blocks.column("id").to_pylist(), blocks.column("quality_mos").to_pylist()))
+        assert got == {f"r{i}": v for i, (_, v) in enumerate(LABEL_CELLS)}, fmt

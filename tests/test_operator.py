@@ -137,6 +137,40 @@ def test_storage_problems_are_named(error, words):
         assert describe_error(e, "s3://bucket/key").startswith(words)
 
 
+@pytest.fixture
+def no_credentials(monkeypatch):
+    """Nothing in the environment, no files, no instance role; an endpoint on loopback."""
+    from s3server import free_port
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {"AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", "AWS_CONFIG_FILE": "/nonexistent",
+                        "AWS_EC2_METADATA_DISABLED": "true", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    return f"http://127.0.0.1:{free_port()}"
+
+
+def test_a_model_in_storage_that_cannot_be_read_is_one_line(no_credentials):
+    from qeval_ray.config import ConfigError
+    from qeval_ray.provenance import model_revision
+    from qeval_ray.storage import StorageOptions
+
+    with pytest.raises(ConfigError) as e:
+        model_revision("s3://weights/q-eval-score", None, StorageOptions(s3_endpoint=no_credentials))
+    assert str(e.value).startswith("--model s3://weights/q-eval-score: no credentials: set AWS_ACCESS_KEY_ID")
+    assert "\n" not in str(e.value)
+
+
+def test_scores_in_storage_that_cannot_be_read_are_one_line_for_the_report(no_credentials, tmp_path, capsys):
+    from qeval_ray.cli import report_main
+
+    code = report_main(["--scores", "s3://results/run", "--output", str(tmp_path / "rep"),
+                        "--s3-endpoint", no_credentials])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("qeval-ray report: error: cannot read the scores s3://results/run: no credentials")
+
+
 # --- a real run, piped as `ray job logs` shows it -----------------------------------------------------
 
 

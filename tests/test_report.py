@@ -232,3 +232,197 @@ def test_batched_statistics_equal_scipy():
                        atol=1e-12)
     assert np.allclose(_batched("plcc", 25)(x, y, axis=-1), [stats.pearsonr(a, b).statistic for a, b in zip(x, y)],
                        atol=1e-12)
+
+
+# --- what the report tells its reader (issue: headline, --by, outputs, legend) ----------------------
+
+
+def _headline_rows(md: str) -> dict[tuple[str, str], list[str]]:
+    """(aspect, media) -> the headline row's cells (instance SRCC, PLCC, model SRCC, PLCC)."""
+    table = md.split("## Headline")[1].split("## Details")[0]
+    rows = {}
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 6 and cells[0] in ("quality", "alignment"):
+            rows[(cells[0], cells[1])] = cells[2:]
+    return rows
+
+
+def test_headline_plcc_says_fitted_or_raw_and_why(tmp_path):
+    from qeval_ray.report.report import markdown
+
+    # Four generators: pooled over media, the model level has 4 points, too few for a 4-parameter
+    # fit (raw); the instance level has 60 pairs (fitted); per media, 2 generators (no figure).
+    report = build(load(str(write_scores(tmp_path, scores_table(60))), ReportOptions(), _storage()),
+                   ReportOptions(metrics=FAST))
+    md = markdown(report)
+    rows = _headline_rows(md)
+    seen = set()
+    for (aspect, media), cells in rows.items():
+        for level, cell in zip(("instance", "model"), cells[1::2]):
+            f = next(f for f in report["figures"] if (f["aspect"], f["media"], f["subset"], f["level"])
+                     == (aspect, media, "all", level))
+            if f["plcc_fitted"] is not None:
+                assert cell == f"{f['plcc_fitted']:.3f}", md  # fitted: the plain number
+                seen.add("fitted")
+            elif f["plcc"] is not None:
+                assert cell == f"{f['plcc']:.3f} *raw*", md  # raw: marked, and the reason given
+                assert f"- {aspect} · {media} · {level}: {f['logistic']['failed']}" in md
+                seen.add("raw")
+            else:
+                assert cell == "—"
+    assert seen == {"fitted", "raw"}, md
+    assert "- quality · all · model: 4 points: a 4-parameter fit needs at least 5" in md
+    assert "*raw*: PLCC without the logistic mapping" in md
+    assert "· instance:" not in md.split("*raw*: PLCC")[1].split("##")[0]  # only raw cells are explained
+
+
+def test_headline_plcc_of_a_fit_that_did_not_converge_is_marked_raw():
+    from qeval_ray.report.report import headline_plcc
+
+    failed = {"plcc": 0.41, "plcc_fitted": None, "logistic": {"failed": "logistic fit did not converge: x"}}
+    assert headline_plcc(failed) == (0.41, "logistic fit did not converge: x")
+    assert headline_plcc({"plcc": 0.41, "plcc_fitted": 0.47, "logistic": {"beta1": 1}}) == (0.47, None)
+    assert headline_plcc({"plcc": None, "reason": "2 pairs"}) == (None, None)
+
+
+def _report(argv, capsys):
+    from qeval_ray.cli import report_main
+
+    code = report_main([str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+def _finished_scores(tmp_path, table=None):
+    out = write_scores(tmp_path, scores_table(30) if table is None else table)
+    (out / "_summary.json").write_text("{}")
+    return out
+
+
+def test_an_unknown_by_column_is_refused_before_any_work(tmp_path, capsys):
+    out = _finished_scores(tmp_path)
+    code, err = _report(["--scores", out, "--output", tmp_path / "rep", "--by", "modle", "--bootstrap", "0"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--by 'modle': the scores have no such column (did you mean 'model'?)" in err
+    assert "columns to group by: id, status, media_type, model\n" in err  # text columns, not scores or prompts
+    assert not (tmp_path / "rep").exists()  # refused before anything was written
+    code, err = _report(["--scores", out, "--output", tmp_path / "rep", "--by", "generator", "--bootstrap", "0"],
+                        capsys)
+    assert code == 2 and "--by 'generator': the scores have no such column;" in err
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file"])
+def test_an_unwritable_report_output_is_one_line(tmp_path, capsys, where):
+    out = _finished_scores(tmp_path)
+    blocker = tmp_path / "taken"
+    blocker.write_text("not a directory")
+    target = blocker if where == "a file" else blocker / "rep"
+    code, err = _report(["--scores", out, "--output", target, "--bootstrap", "0"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"cannot write the report to {target}" in err and "Traceback" not in err
+    assert blocker.read_text() == "not a directory"
+
+
+def test_a_report_write_that_fails_midway_is_one_line(tmp_path, monkeypatch):
+    """A storage error after the probe (a full disk, a revoked credential) is a ReportError too."""
+    import fsspec.implementations.local as local
+
+    from qeval_ray.report.report import make_report
+
+    out = _finished_scores(tmp_path)
+    real = local.LocalFileSystem.pipe_file
+
+    def pipe_file(self, path, value, *args, **kwargs):
+        if str(path).endswith("report.json"):
+            raise OSError(28, "No space left on device")
+        return real(self, path, value, *args, **kwargs)
+
+    monkeypatch.setattr(local.LocalFileSystem, "pipe_file", pipe_file)
+    with pytest.raises(ReportError, match=r"cannot write the report to .*: OSError: \[Errno 28\] No space left"):
+        make_report(str(out), str(tmp_path / "rep"), ReportOptions(metrics=MetricOptions(bootstrap=0), plots=False))
+
+
+def test_the_scatter_legend_hides_no_point():
+    from qeval_ray.report import plots
+
+    # Points everywhere, and many in the lower right, where a legend inside the axes used to sit.
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.uniform(0, 1, 400), rng.uniform(0.7, 1, 400)])
+    y = np.concatenate([rng.uniform(1, 5, 400), rng.uniform(1, 1.6, 400)])
+    logistic = {"beta1": 4.8, "beta2": 1.2, "beta3": 0.5, "beta4": 0.1}
+    fig = plots.scatter_figure(x, y, xlabel="score", ylabel="MOS", title="t", logistic=logistic)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    legend = ax.get_legend()
+    assert legend is not None
+    box = legend.get_window_extent()
+    points = ax.transData.transform(np.column_stack([x, y]))
+    hidden = [(px, py) for px, py in points if box.x0 <= px <= box.x1 and box.y0 <= py <= box.y1]
+    assert not hidden, f"{len(hidden)} points under the legend"
+    canvas = fig.bbox
+    assert canvas.x0 <= box.x0 and box.x1 <= canvas.x1 and canvas.y0 <= box.y0 and box.y1 <= canvas.y1  # shown
+    xlabel = ax.xaxis.label.get_window_extent()
+    assert not box.overlaps(xlabel)  # nor does it cover the axis label
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def test_a_labels_file_follows_the_manifests_missing_label_rule(tmp_path, capsys):
+    table = scores_table(12)
+    out = _finished_scores(tmp_path, table.drop_columns(["quality_mos", "alignment_mos"]))
+    mos = table.column("quality_mos").to_pylist()
+    cells = [f"{v:.3f}" for v in mos]
+    cells[1], cells[4], cells[7] = "n/a", "", " NULL "
+    lines = ["id,quality_mos,alignment_mos"] + [f"r{i},{c},{'NA' if i % 2 else '3'}" for i, c in enumerate(cells)]
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    opts = ReportOptions(labels=str(tmp_path / "labels.csv"), metrics=MetricOptions(bootstrap=0))
+    data = load(str(out), opts, _storage())
+    assert int(np.isfinite(data.labels["quality"]).sum()) == 9  # three missing, by the manifest's rule
+    assert int(np.isfinite(data.labels["alignment"]).sum()) == 6
+    lines[6] = "r5,4 stars,3"
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    code, err = _report(["--scores", out, "--labels", tmp_path / "labels.csv", "--output", tmp_path / "rep"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"--labels {tmp_path / 'labels.csv'}: column 'quality_mos', row 6 (id 'r5'): '4 stars' is not a number" in err
+
+
+def test_a_run_whose_labels_are_all_missing_has_no_report_and_says_why(tmp_path):
+    from qeval_ray.config import ScoreConfig
+    from qeval_ray.contracts.layout import OutputLayout
+    from qeval_ray.pipeline import job_report
+    from qeval_ray.summary import RunSummary
+
+    n = 10
+    out = write_scores(tmp_path, scores_table(n, quality_mos=pa.nulls(n, pa.float64()),
+                                              alignment_mos=pa.nulls(n, pa.float64())))
+    config = ScoreConfig(input=str(tmp_path / "m.csv"), output=str(out))
+    path, why = job_report(OutputLayout(str(out)), config, {})
+    assert path is None and why.startswith("no labels")
+    assert not (out / "_report" / "report.md").exists()
+    summary = RunSummary(input="m.csv", output=str(out), rows_in=n, rows_out=n, ok=n, rows_this_run=n, fetch_retries=0,
+                         scoring_actor_crashes=0, alignment_in_parts=0, driver_peak_mb=0.0, by_status={"ok": n},
+                         by_media_type={}, error_examples={}, elapsed_s=1.0, items_per_s=1.0, scoring_s=None,
+                         items_per_s_scoring=None, provenance={}, no_report=why)
+    assert f"  report:  none ({why})" in summary.format().splitlines()
+    good = write_scores(tmp_path, scores_table(n), "good")
+    path, why = job_report(OutputLayout(str(good)), ScoreConfig(input="m.csv", output=str(good)), {})
+    assert why is None and path.endswith("_report/report.md") and (good / "_report" / "report.md").exists()
+
+
+def test_report_help_is_grouped_with_an_example_and_a_version(capsys):
+    from qeval_ray.config import report_parser
+
+    text = report_parser().format_help()
+    body = text.split("\noptions:")[1]
+    for group in ("input and output:", "figures:", "storage:"):
+        assert group in body
+    assert body.index("input and output:") < body.index("--scores") < body.index("figures:") < body.index("--by")
+    assert "(default: None)" not in text and "(default: True)" not in text and "(default: False)" not in text
+    assert "example" in text and "python jobs/report.py --scores s3://" in text
+    with pytest.raises(SystemExit) as e:
+        report_parser().parse_args(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("qeval-ray ")
+    with pytest.raises(SystemExit):
+        report_parser().parse_args(["--scores", "s", "--output", "o", "--boostrap", "3"])
+    assert "did you mean '--bootstrap'?" in capsys.readouterr().err

@@ -23,6 +23,10 @@ V2S_VAGUE = "v2s_vague"
 V2S_SPECIFIC = "v2s_specific"
 # Human labels, per aspect, on any scale (reports correlate scores with them).
 LABEL_COLUMNS = {"quality": "quality_mos", "alignment": "alignment_mos"}
+# A label cell that is one of these texts (spaces trimmed, any case) is a missing label, in every
+# manifest format alike: CSV cells, JSON strings, parquet text columns. Any other text must be a
+# number. (A null, and a float NaN, are missing too.)
+MISSING_LABEL_TEXTS = ("", "na", "n/a", "nan", "null", "none")
 # Columns the job understands, with the types it reads them as (others pass through untouched).
 MANIFEST_TYPES: dict[str, pa.DataType] = {
     ID: pa.string(),
@@ -34,6 +38,64 @@ MANIFEST_TYPES: dict[str, pa.DataType] = {
     V2S_VAGUE: pa.string(),
     V2S_SPECIFIC: pa.list_(pa.string()),
 }
+
+
+
+
+class LabelError(ValueError):
+    """A label that is neither a number nor missing; ``row`` is its 0-based index in the column."""
+
+    def __init__(self, column: str, row: int, value):
+        self.column, self.row, self.value = column, row, value
+        super().__init__(f"column {column!r}: {value!r} is not a number")
+
+
+def missing_label_texts() -> str:
+    """The missing-label texts as a user reads them."""
+    return "empty, null, or one of " + ", ".join(repr(t) for t in MISSING_LABEL_TEXTS if t) + " (any case)"
+
+
+def parse_labels(column: pa.Array | pa.ChunkedArray, name: str) -> pa.Array:
+    """A label column as float64: numbers as they are; texts that are numbers, parsed; the
+    :data:`MISSING_LABEL_TEXTS`, nulls and NaN as null. Anything else raises :class:`LabelError`
+    naming the first bad row."""
+    import pyarrow.compute as pc
+
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
+    kind = column.type
+    if pa.types.is_null(kind):
+        return pa.nulls(len(column), pa.float64())
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        text = pc.utf8_trim_whitespace(column)
+        missing = pc.is_in(pc.utf8_lower(text), value_set=pa.array(MISSING_LABEL_TEXTS))
+        text = pc.if_else(missing, pa.scalar(None, text.type), text)
+        try:
+            values = text.cast(pa.float64())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            row = _first_failing_cast(text)
+            raise LabelError(name, row, column[row].as_py()) from None
+    elif pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
+        values = column.cast(pa.float64())
+    else:  # booleans, lists, structs: not a label
+        row = pc.index(pc.is_valid(column), True).as_py()
+        if row < 0:
+            return pa.nulls(len(column), pa.float64())
+        raise LabelError(name, row, column[row].as_py())
+    return pc.if_else(pc.is_nan(values), pa.scalar(None, pa.float64()), values)
+
+
+def _first_failing_cast(text: pa.Array) -> int:
+    """The first row whose text does not cast to float64 (bisection: a few casts, not one per row)."""
+    lo, hi = 0, len(text)  # text[:lo] casts; text[:hi] does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        try:
+            text.slice(0, mid).cast(pa.float64())
+            lo = mid
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            hi = mid
+    return lo
 
 
 # --- row status ---------------------------------------------------------------------------------

@@ -21,16 +21,25 @@ def _pyplot():
 def scatter(x: np.ndarray, y: np.ndarray, *, xlabel: str, ylabel: str, title: str,
             logistic: dict | None = None) -> bytes:
     """Score vs MOS, with the fitted 4-parameter logistic curve where there is one."""
+    return _png(scatter_figure(x, y, xlabel=xlabel, ylabel=ylabel, title=title, logistic=logistic), _pyplot())
+
+
+def scatter_figure(x: np.ndarray, y: np.ndarray, *, xlabel: str, ylabel: str, title: str,
+                   logistic: dict | None = None):
+    """The scatter as a matplotlib figure. The legend sits below the axes, outside them: wherever
+    the points fall, none is hidden behind it."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
+    fig, ax = plt.subplots(figsize=(5, 4.4), dpi=100)
     ax.scatter(x, y, s=6, alpha=0.5)
     if logistic and "beta1" in logistic:
         grid = np.linspace(np.min(x), np.max(x), 200)
         ax.plot(grid, logistic4(grid, *(logistic[k] for k in ("beta1", "beta2", "beta3", "beta4"))),
                 color="C3", label="4-parameter logistic fit")
-        ax.legend(loc="lower right")
-    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
-    return _png(fig, plt)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False, fontsize=8)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
 
 
 def leaderboard(board: list[dict], aspect: str) -> bytes:

@@ -16,6 +16,7 @@ stream past, so a report over millions of rows holds a few numeric arrays.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import asdict, dataclass, field
 
@@ -28,6 +29,7 @@ from qeval_ray.contracts.layout import OutputLayout
 from qeval_ray.contracts.schema import LABEL_COLUMNS, MEDIA_TYPE, MEDIA_TYPES, PROMPT, STATUS, Status
 from qeval_ray.report import plots as draw
 from qeval_ray.report.metrics import MIN_PAIRS, agreement, correlation
+from qeval_ray.options import did_you_mean
 from qeval_ray.report.options import ReportOptions
 from qeval_ray.scorers.qeval import ASPECTS
 
@@ -63,7 +65,7 @@ class ReportData:
 
     status: Categorical
     media_type: Categorical
-    group: Categorical | None
+    group: Categorical  # the --by column (load refuses scores without it)
     long_prompt: np.ndarray
     scores: dict[str, np.ndarray]  # aspect -> float (NaN where missing)
     labels: dict[str, np.ndarray]  # aspect -> float (NaN where missing)
@@ -87,13 +89,15 @@ def _dataset(uri: str, options: storage.StorageOptions):
 def load(scores_uri: str, options: ReportOptions, storage_options: storage.StorageOptions) -> ReportData:
     dataset = _dataset(OutputLayout.scores_of(scores_uri, storage_options), storage_options)
     names = set(dataset.schema.names)
+    check_group_column(dataset.schema, options.group_by)
     labels_table = None
-    if options.labels:
-        labels_table = _dataset(options.labels, storage_options).to_table()
-        if "id" not in labels_table.column_names:
-            raise ReportError(f"--labels {options.labels}: no 'id' column to join on")
-        labels_table = labels_table.select(["id"] + [c for c in LABEL_COLUMNS.values() if c in labels_table.column_names])
-        labels_table = labels_table.set_column(0, "id", labels_table.column("id").cast(pa.string()))
+    if options.labels:  # read as a manifest's labels are: the same formats, the same missing-label rule
+        from qeval_ray.stages.read import ManifestError, read_labels
+
+        try:
+            labels_table = read_labels(options.labels, storage_options, f"--labels {storage.redact(options.labels)}")
+        except ManifestError as e:
+            raise ReportError(str(e)) from None
     wanted = [STATUS, MEDIA_TYPE, PROMPT, *ASPECTS, *LABEL_COLUMNS.values(), options.group_by]
     columns = [c for c in dict.fromkeys(wanted) if c in names] + (["id"] if labels_table is not None else [])
     parts = []
@@ -123,6 +127,17 @@ def load(scores_uri: str, options: ReportOptions, storage_options: storage.Stora
         scores={a: floats(a) for a in ASPECTS},
         labels={a: floats(col) for a, col in LABEL_COLUMNS.items()},
     )
+
+
+def check_group_column(schema: pa.Schema, group_by: str) -> None:
+    """Refuse a ``--by`` column the scores do not have, before anything is read."""
+    if group_by in schema.names:
+        return
+    usable = [f.name for f in schema if f.name != PROMPT and (
+        pa.types.is_string(f.type) or pa.types.is_large_string(f.type) or pa.types.is_integer(f.type)
+        or pa.types.is_boolean(f.type) or pa.types.is_dictionary(f.type))]
+    raise ReportError(f"--by {group_by!r}: the scores have no such column{did_you_mean(group_by, schema.names)}; "
+                      f"columns to group by: {', '.join(usable) or 'none'}")
 
 
 def _join_labels(table: pa.Table, labels: pa.Table) -> pa.Table:
@@ -171,8 +186,7 @@ def build(data: ReportData, options: ReportOptions, source: dict | None = None) 
                 rows = in_media & data.long_prompt if subset == "long_prompt" else in_media
                 for level in LEVELS:
                     report["figures"].append(_figure(data, aspect, media, subset, level, rows, options))
-        if data.group is not None:
-            report["generators"][aspect] = _leaderboard(data, aspect, usable, options)
+        report["generators"][aspect] = _leaderboard(data, aspect, usable, options)
     return report
 
 
@@ -180,8 +194,6 @@ def _figure(data, aspect, media, subset, level, rows, options) -> dict:
     key = {"aspect": aspect, "media": media, "subset": subset, "level": level}
     x, y = data.scores[aspect][rows], data.labels[aspect][rows]
     if level == "model":
-        if data.group is None:
-            return {**key, "n": 0, "reason": f"no {options.group_by!r} column: model level needs the generator"}
         groups = data.group.codes[rows]
         known = groups >= 0
         figure = agreement(x[known], y[known], options.metrics, groups=groups[known])
@@ -232,6 +244,17 @@ def _find(report, **key) -> dict | None:
     return next((f for f in report["figures"] if all(f[k] == v for k, v in key.items())), None)
 
 
+def headline_plcc(figure: dict) -> tuple[float | None, str | None]:
+    """The headline's PLCC: (fitted, None), or (raw, why there is no fitted one); (None, None)
+    where the group has no figure at all."""
+    if figure.get("plcc_fitted") is not None:
+        return figure["plcc_fitted"], None
+    if figure.get("plcc") is None:
+        return None, None
+    failed = (figure.get("logistic") or {}).get("failed")
+    return figure["plcc"], failed or "the fitted curve is flat over these scores"
+
+
 def markdown(report: dict) -> str:
     lines = ["# qeval-ray correlation report", ""]
     source = report.get("source", {})
@@ -239,11 +262,12 @@ def markdown(report: dict) -> str:
         lines += [f"Scores: `{source.get('scores', '')}`  ", "Scorer: " + ", ".join(
             f"{k} `{v}`" for k, v in source.get("provenance", {}).items()), ""]
     lines += ["## Headline", "",
-              "SRCC and PLCC against MOS, all prompts. PLCC after the 4-parameter logistic mapping "
-              "(raw PLCC in the details). Model level: per-generator means, correlated across generators.", "",
+              "SRCC and PLCC against MOS, all prompts. PLCC after the 4-parameter logistic mapping; where no "
+              "curve could be fitted, the raw PLCC, marked *raw*, with the reason below (raw PLCC of every "
+              "group in the details). Model level: per-generator means, correlated across generators.", "",
               "| aspect | media | instance SRCC | instance PLCC | model SRCC | model PLCC |",
               "|---|---|---|---|---|---|"]
-    notes = []
+    notes, raw = [], []
     for aspect in ASPECTS:
         for media in (*MEDIA_TYPES, "all"):
             cells = []
@@ -254,10 +278,14 @@ def markdown(report: dict) -> str:
                     continue
                 if f.get("reason"):
                     notes.append(f"{aspect} · {media} · {level}: {f['reason']}")
-                plcc = f.get("plcc_fitted") if f.get("plcc_fitted") is not None else f.get("plcc")
-                cells += [_num(f.get("srcc")), _num(plcc)]
+                plcc, why_raw = headline_plcc(f)
+                if why_raw:
+                    raw.append(f"{aspect} · {media} · {level}: {why_raw}")
+                cells += [_num(f.get("srcc")), _num(plcc) + (" *raw*" if why_raw else "")]
             if any(cells):
                 lines.append(f"| {aspect} | {media} | " + " | ".join(c or "" for c in cells) + " |")
+    if raw:
+        lines += ["", "*raw*: PLCC without the logistic mapping, because:", ""] + [f"- {n}" for n in raw]
     if notes:
         lines += ["", "No figure where a group is too small or constant:", ""] + [f"- {n}" for n in notes]
     lines += ["", "## Details", "",
@@ -314,7 +342,8 @@ def plots(data: ReportData, report: dict, options: ReportOptions) -> dict[str, b
             images[f"scatter_{aspect}_{media}.png"] = draw.scatter(
                 data.scores[aspect][shown], data.labels[aspect][shown], xlabel=f"{aspect} score",
                 ylabel=f"{aspect} MOS", logistic=f.get("logistic"),
-                title=f"{aspect} · {media}: SRCC {_num(f['srcc'])}, PLCC {_num(f['plcc'])}{sample}")
+                title=f"{aspect} · {media}: SRCC {_num(f['srcc'])}, PLCC {_num(f['plcc'])} raw"
+                      f"{'' if f.get('plcc_fitted') is None else ', ' + _num(f['plcc_fitted']) + ' fitted'}{sample}")
     for aspect, board in report["generators"].items():
         if len(board) >= 2:
             images[f"leaderboard_{aspect}.png"] = draw.leaderboard(board, aspect)
@@ -326,15 +355,46 @@ def plots(data: ReportData, report: dict, options: ReportOptions) -> dict[str, b
 
 def make_report(scores_uri: str, report_uri: str, options: ReportOptions = ReportOptions(),
                 storage_options: storage.StorageOptions = storage.DEFAULT, provenance: dict | None = None) -> dict:
-    """Read the scores, compute every figure, write report.json, report.md and the plots."""
+    """Read the scores, compute every figure, write report.json, report.md and the plots.
+
+    An output that cannot be written is found before the scores are read (a probe file), and
+    any write that still fails is a :class:`ReportError` naming the cause, never a traceback."""
+    scores = _dataset(OutputLayout.scores_of(scores_uri, storage_options), storage_options)
+    check_group_column(scores.schema, options.group_by)  # a wrong --by stops before anything is written
+    with _writing(report_uri, storage_options):
+        fs, root = _open_output(report_uri, storage_options)
     data = load(scores_uri, options, storage_options)
     report = build(data, options, {"scores": storage.redact(scores_uri), "provenance": provenance or {}})
     images = plots(data, report, options) if options.plots else {}
     report["plots"] = sorted(images)
-    fs, root = storage.filesystem(report_uri, storage_options)
-    fs.makedirs(root, exist_ok=True)
-    for name, content in images.items():
-        fs.pipe_file(storage.join(root, name), content)
-    fs.pipe_file(storage.join(root, REPORT_JSON), json.dumps(report, indent=2, allow_nan=False).encode())
-    fs.pipe_file(storage.join(root, REPORT_MARKDOWN), markdown(report).encode())
+    files = {**images, REPORT_JSON: json.dumps(report, indent=2, allow_nan=False).encode(),
+             REPORT_MARKDOWN: markdown(report).encode()}
+    with _writing(report_uri, storage_options):
+        for name, content in files.items():
+            fs.pipe_file(storage.join(root, name), content)
     return report
+
+
+_PROBE = "_qeval_write_probe"
+
+
+def _open_output(report_uri: str, storage_options: storage.StorageOptions):
+    fs, root = storage.filesystem(report_uri, storage_options)
+    if fs.isfile(root):
+        raise ReportError(f"error: cannot write the report to {storage.redact(report_uri)}: it is a file, "
+                          "not a directory")
+    fs.makedirs(root, exist_ok=True)
+    fs.pipe_file(storage.join(root, _PROBE), b"ok")
+    fs.rm(storage.join(root, _PROBE))
+    return fs, root
+
+
+@contextlib.contextmanager
+def _writing(report_uri: str, storage_options: storage.StorageOptions):
+    try:
+        yield
+    except ReportError:
+        raise
+    except Exception as e:  # noqa: BLE001 - storage libraries raise many types: one line says which problem
+        raise ReportError(f"error: cannot write the report to {storage.redact(report_uri)}: "
+                          f"{storage.describe_error(e, report_uri)}") from e

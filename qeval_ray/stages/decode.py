@@ -31,6 +31,7 @@ from qeval_ray.contracts.schema import (
 )
 from qeval_ray.scorers.base import Scorer
 from qeval_ray.stages.base import Resources, Stage, StageSpec, with_columns
+from qeval_ray.stages.read import conform_manifest
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ class DecodeStage(Stage):
     def prepare(self, batch: pa.Table) -> pa.Table:
         # Readers type each block on its own (a JSON block of integer ids, a null-only column):
         # every block gets the manifest schema the driver validated.
-        return conform(batch, self.manifest_schema)
+        return conform_manifest(batch, self.manifest_schema)
 
     def _decode(self, row: dict, values: dict) -> None:
         """Fill ``values`` with the row's decoded media; raise :class:`_RowFailed` on the way."""

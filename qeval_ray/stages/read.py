@@ -3,9 +3,14 @@ glob), then stream its rows.
 
 :func:`open_manifest` runs on the driver before any work starts and stops the job with one
 :class:`ManifestError` saying what to fix: an unreadable file, a missing required column, missing
-or duplicate ids (named), a label that is not a number. It streams the manifest and keeps only the
-id column. :func:`read_rows` then streams the rows through Ray Data's own readers, so the run
-itself reads in parallel on the cluster (and Ray Data's checkpointing can filter rows by id).
+or duplicate ids (named), a label that is neither a number nor missing (named by column, row and
+id). It streams the manifest and keeps only the id column. :func:`read_rows` then streams the rows
+through Ray Data's readers, so the run itself reads in parallel on the cluster (and Ray Data's
+checkpointing can filter rows by id).
+
+Labels are read as text from CSV and parsed by ``contracts.schema.parse_labels`` on the driver and
+in the decode stage alike, so which texts mean "missing" is decided in one place for every format,
+not by each reader's own list. JSON Lines files go through :func:`read_json_table` on both sides.
 """
 
 from __future__ import annotations
@@ -18,7 +23,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from qeval_ray import storage
-from qeval_ray.contracts.schema import LABEL_COLUMNS, MANIFEST_TYPES, REQUIRED_COLUMNS, V2S_SPECIFIC, V2S_VAGUE
+from qeval_ray.contracts.schema import (
+    ID,
+    LABEL_COLUMNS,
+    MANIFEST_TYPES,
+    REQUIRED_COLUMNS,
+    V2S_SPECIFIC,
+    V2S_VAGUE,
+    LabelError,
+    conform,
+    missing_label_texts,
+    parse_labels,
+)
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "json", ".json": "json", ".ndjson": "json", ".csv": "csv"}
 _GLOB_CHARS = "*?["
@@ -56,7 +72,7 @@ class Manifest:
             return ray.data.read_parquet(paths, filesystem=fs)
         if self.format == "csv":
             return ray.data.read_csv(paths, filesystem=fs, convert_options=_csv_convert(self.schema))
-        return ray.data.read_json(paths, filesystem=fs)
+        return ray.data.read_datasource(_json_lines_datasource()(paths, filesystem=fs))
 
 
 def read_rows(manifest: Manifest, rows_per_block: int):
@@ -88,9 +104,21 @@ def _list_files(uri: str, options: storage.StorageOptions) -> tuple[tuple[str, .
 
 
 def _csv_convert(schema: pa.Schema):
+    """Known columns with their types, labels as text: which texts are missing labels is decided by
+    :func:`~qeval_ray.contracts.schema.parse_labels` for every format, not by the CSV reader."""
     import pyarrow.csv as pacsv
 
-    return pacsv.ConvertOptions(column_types={f.name: f.type for f in schema})
+    labels = set(LABEL_COLUMNS.values())
+    return pacsv.ConvertOptions(column_types={f.name: pa.string() if f.name in labels else f.type for f in schema})
+
+
+def conform_manifest(batch: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A block as the readers give it, with the manifest ``schema`` the driver validated: labels
+    parsed by the one rule (texts that mean missing become null), then every column cast."""
+    for name in LABEL_COLUMNS.values():
+        if name in batch.column_names:
+            batch = batch.set_column(batch.column_names.index(name), name, parse_labels(batch.column(name), name))
+    return conform(batch, schema)
 
 
 def _csv_schema(fs, path: str) -> pa.Schema:
@@ -105,7 +133,7 @@ def _csv_schema(fs, path: str) -> pa.Schema:
     return pa.schema([(name, MANIFEST_TYPES.get(name, pa.string())) for name in header])
 
 
-def _batches(fmt: str, fs, paths: tuple[str, ...]) -> Iterator[pa.RecordBatch | pa.Table]:
+def _batches(fmt: str, fs, paths: tuple[str, ...]) -> Iterator[tuple[str, pa.RecordBatch | pa.Table]]:
     """Stream the manifest (JSON one file at a time: its types are inferred over the whole file)."""
     if fmt == "parquet":
         import pyarrow.parquet as pq
@@ -115,22 +143,76 @@ def _batches(fmt: str, fs, paths: tuple[str, ...]) -> Iterator[pa.RecordBatch | 
                 pf = pq.ParquetFile(f)
                 known = [c for c in pf.schema_arrow.names if c in MANIFEST_TYPES]
                 for batch in pf.iter_batches(columns=known, batch_size=65536):
-                    yield batch
-                yield pf.schema_arrow.empty_table()  # the full schema, for unification
+                    yield path, batch
+                yield path, pf.schema_arrow.empty_table()  # the full schema, for unification
     elif fmt == "csv":
         import pyarrow.csv as pacsv
 
         for path in paths:
             schema = _csv_schema(fs, path)
             with fs.open(path, "rb") as f:
-                yield from pacsv.open_csv(f, convert_options=_csv_convert(schema))
-            yield schema.empty_table()
+                for batch in pacsv.open_csv(f, convert_options=_csv_convert(schema)):
+                    yield path, batch
+            yield path, schema.empty_table()
     else:
-        import pyarrow.json as pajson
-
         for path in paths:
             with fs.open(path, "rb") as f:
-                yield pajson.read_json(f)
+                yield path, read_json_table(f.read())
+
+
+def read_json_table(data: bytes) -> pa.Table:
+    """One JSON Lines file as a table, the same on the driver and in Ray's read tasks.
+
+    pyarrow's reader first. It refuses a column whose values change type, which the label rule
+    allows (``3.5`` in one row, ``"n/a"`` in the next): then the file is parsed with Python's json
+    module, labels as text for :func:`parse_labels`.
+    """
+    import io
+
+    import pyarrow.json as pajson
+
+    block = 1 << 20
+    while True:
+        try:
+            return pajson.read_json(io.BytesIO(data), read_options=pajson.ReadOptions(block_size=block))
+        except pa.ArrowInvalid as e:
+            if "straddl" in str(e) and block < len(data):  # a line longer than a block
+                block *= 4
+                continue
+            if not any(f"Column(/{name})" in str(e) for name in LABEL_COLUMNS.values()):
+                raise
+            return _json_lines_by_python(data)
+
+
+def _json_lines_by_python(data: bytes) -> pa.Table:
+    import json
+
+    rows = [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
+    if not all(isinstance(row, dict) for row in rows):
+        raise ValueError("every line of a JSON Lines manifest must be one JSON object")
+    labels = set(LABEL_COLUMNS.values())
+    names = list(dict.fromkeys(name for row in rows for name in row))
+    columns = {}
+    for name in names:
+        values = [row.get(name) for row in rows]
+        if name in labels:  # numbers, texts, anything else: as text, judged by parse_labels
+            values = [v if v is None or isinstance(v, str) else json.dumps(v) for v in values]
+            columns[name] = pa.array(values, pa.string())
+        else:
+            columns[name] = pa.array(values)
+    return pa.table(columns)
+
+
+def _json_lines_datasource():
+    """Ray Data's file datasource reading each file with :func:`read_json_table` (built on first
+    use: importing this module must not import Ray)."""
+    from ray.data.datasource import FileBasedDatasource
+
+    class JsonLinesDatasource(FileBasedDatasource):
+        def _read_stream(self, f, path: str):
+            yield read_json_table(f.read_buffer().to_pybytes())
+
+    return JsonLinesDatasource
 
 
 def _ids_digest(ids: pa.ChunkedArray) -> str:
@@ -156,6 +238,59 @@ def _check_ids(uri: str, ids: pa.ChunkedArray) -> None:
         raise ManifestError(f"manifest {uri}: {len(dup)} duplicate id(s): {named}{more}; ids must be unique")
 
 
+def _parsed_labels(what: str, path: str | None, batch, offset: int) -> dict[str, pa.Array]:
+    """The batch's labels by :func:`parse_labels`; a value that is neither a number nor missing is
+    one line naming the column, the row (counted from 1 in its file, a CSV header not counted) and
+    the row's id."""
+    parsed = {}
+    for name in LABEL_COLUMNS.values():
+        if name not in batch.schema.names:
+            continue
+        try:
+            parsed[name] = parse_labels(batch.column(name), name)
+        except LabelError as e:
+            row_id = batch.column(ID)[e.row].as_py()
+            where = f"row {offset + e.row + 1}" + (f" of {posixpath.basename(path)}" if path else "")
+            raise ManifestError(
+                f"{what}: column {name!r}, {where} (id {str(row_id)!r}): {e.value!r} is not a number; "
+                f"a label is a number, or missing: {missing_label_texts()}") from None
+    return parsed
+
+
+def read_labels(uri: str, options: storage.StorageOptions = storage.DEFAULT, what: str | None = None) -> pa.Table:
+    """A labels file (parquet, JSON Lines or CSV, as a manifest): ``id`` and the label columns,
+    the labels parsed by the same rule as a manifest's. Raises :class:`ManifestError`."""
+    what = what or storage.redact(uri)
+    try:
+        paths, _ = _list_files(uri, options)
+    except ManifestError:
+        raise
+    except Exception as e:  # noqa: BLE001 - one line says which storage problem
+        raise ManifestError(f"{what}: {storage.describe_error(e, uri)}") from e
+    formats = {_format_of(p) for p in paths}
+    if len(formats) > 1:
+        raise ManifestError(f"{what} mixes formats ({', '.join(sorted(formats))}); use one")
+    fs, _ = storage.filesystem(uri, options)
+    fields = [pa.field(ID, pa.string())] + [pa.field(name, pa.float64()) for name in LABEL_COLUMNS.values()]
+    parts, file_rows = [], {}
+    try:
+        for path, batch in _batches(formats.pop(), fs, paths):
+            if batch.num_rows == 0:
+                continue
+            if ID not in batch.schema.names:
+                raise ManifestError(f"{what}: no {ID!r} column to join on")
+            labels = _parsed_labels(what, path if len(paths) > 1 else None, batch, file_rows.get(path, 0))
+            file_rows[path] = file_rows.get(path, 0) + batch.num_rows
+            parts.append(conform(pa.table({ID: batch.column(ID).cast(pa.string()), **labels}), pa.schema(fields)))
+    except ManifestError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a storage problem or a file that is not what it says: one line
+        if not (storage.storage_problem(e, uri) or isinstance(e, (pa.ArrowInvalid, OSError, ValueError))):
+            raise
+        raise ManifestError(f"cannot read {what}: {storage.describe_error(e, uri)}") from e
+    return pa.concat_tables(parts) if parts else pa.schema(fields).empty_table()
+
+
 def open_manifest(uri: str, options: storage.StorageOptions = storage.DEFAULT, needs_v2s: bool = False) -> Manifest:
     """Find, read through and validate the manifest at ``uri``; raise :class:`ManifestError`.
     ``needs_v2s``: the run scores long prompts in parts, so the V2S columns must be there."""
@@ -171,9 +306,11 @@ def open_manifest(uri: str, options: storage.StorageOptions = storage.DEFAULT, n
     fmt = formats.pop()
     fs, _ = storage.filesystem(uri, options)
     schemas, id_chunks, num_rows = [], [], 0
+    file_rows: dict[str, int] = {}  # rows of each file seen so far: a bad label's row number in its file
     try:
-        for batch in _batches(fmt, fs, paths):
-            schemas.append(batch.schema)
+        for path, batch in _batches(fmt, fs, paths):
+            # Known columns are read as their fixed types whatever a file holds (checked below).
+            schemas.append(pa.schema([pa.field(f.name, MANIFEST_TYPES.get(f.name, f.type)) for f in batch.schema]))
             if batch.num_rows == 0:
                 continue
             missing = [c for c in REQUIRED_COLUMNS if c not in batch.schema.names]
@@ -182,8 +319,11 @@ def open_manifest(uri: str, options: storage.StorageOptions = storage.DEFAULT, n
                     f"manifest {uri} has no column {', '.join(map(repr, missing))} "
                     f"(required: {', '.join(REQUIRED_COLUMNS)}; found: {', '.join(batch.schema.names)})"
                 )
+            _parsed_labels(f"manifest {storage.redact(uri)}", path if len(paths) > 1 else None, batch,
+                           file_rows.get(path, 0))
+            file_rows[path] = file_rows.get(path, 0) + batch.num_rows
             for name in batch.schema.names:
-                if name in MANIFEST_TYPES:
+                if name in MANIFEST_TYPES and name not in LABEL_COLUMNS.values():
                     try:
                         column = batch.column(name).cast(MANIFEST_TYPES[name])
                     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:

@@ -7,7 +7,7 @@ PIP    := env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null $(VENV)/bin/pip
 STAMP  := $(VENV)/.qeval-installed
 DEMO   ?= .demo
 
-.PHONY: setup demo test clean parity
+.PHONY: setup demo test check-gpu-requirements clean parity
 
 setup: $(STAMP)
 
@@ -30,6 +30,11 @@ demo: $(STAMP)
 # Tests run in a private network namespace that has only loopback: nothing can reach a hub.
 test: $(STAMP)
 	scripts/offline $(PY) -m pytest
+
+# Whether requirements/gpu.txt (the image's set) still resolves to exactly itself for the image's
+# Python 3.12 / x86_64: asks the package index (metadata only, about 5 minutes), so not part of `test`.
+check-gpu-requirements: $(STAMP)
+	env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null $(PY) scripts/gpu_requirements.py check
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

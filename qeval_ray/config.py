@@ -59,8 +59,10 @@ class ScoreConfig:
                          "OUTPUT/_summary.json, the report in OUTPUT/_report/")
     state_dir: str | None = option(None, group=_IO, metavar="DIR", help="the run's bookkeeping (run record, "
                                    "checkpoint) (default: .NAME.qeval beside OUTPUT)")
-    model: str = option(DEFAULT_MODEL, group=_MODEL, help="Hugging Face id or local directory of the scorer")
-    revision: str | None = option(None, group=_MODEL, help="model revision (branch, tag or commit) to pin")
+    model: str = option(DEFAULT_MODEL, group=_MODEL, help="the scorer: a Hugging Face id, a local directory or an "
+                       "object-storage prefix (checked before Ray starts; fetched once per node)")
+    revision: str | None = option(None, group=_MODEL, help="Hugging Face id: the revision (branch, tag or commit) to "
+                                  "pin; resolved to its commit on the driver")
     engine: str = option("vllm", group=_MODEL, choices=ENGINE_NAMES, help="scoring engine")
     aspects: tuple[str, ...] = option(ASPECTS, group=_MODEL, parse=comma_list, metavar="LIST",
                                       help=f"comma-separated, of: {', '.join(ASPECTS)}")

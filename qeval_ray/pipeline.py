@@ -14,6 +14,7 @@ from qeval_ray import runtime, storage
 from qeval_ray.config import ScoreConfig
 from qeval_ray.console import Console
 from qeval_ray.contracts.layout import OutputLayout, RunState
+from qeval_ray.models import resolve_model
 from qeval_ray.provenance import engine_config, make_provenance, run_fingerprint, score_settings
 from qeval_ray.stages.base import Resources, StageSpec, check_plan
 from qeval_ray.stages.crash_ledger import start_crash_ledger
@@ -63,6 +64,9 @@ def run_score_job(config: ScoreConfig, console: Console | None = None) -> RunSum
     if layout.check_resumable(settings, config.start_over) is RunState.COMPLETE:
         return RunSummary.of_finished_run(layout, note=ALREADY_COMPLETE)
 
+    # The model's files can be had (or the run stops here, in seconds, before Ray starts).
+    model = resolve_model(config.model, config.revision, config.storage)
+
     console.quiet()  # from here on, Ray's and the libraries' logs go to the run's log folder
     # A local instance needs a CPU for each scoring actor, the checkpoint filter of a resumed run
     # and at least one decode task, or the run would wait forever.
@@ -70,14 +74,14 @@ def run_score_job(config: ScoreConfig, console: Console | None = None) -> RunSum
                       progress_bars=config.verbose)
     actor = Resources(*config.actor_resources(runtime.cluster_has_gpus()))
     engine = engine_config(config, actor.gpus)
-    provenance = make_provenance(config, engine)
+    provenance = make_provenance(config, engine, model.revision)
     # The resolved provenance (dtype, model revision) must match too; refused unless start_over.
     if layout.begin(run_fingerprint(config, provenance, manifest), config.start_over, settings) is RunState.COMPLETE:
         return RunSummary.of_finished_run(layout, note=ALREADY_COMPLETE)
 
     ledger, progress = start_crash_ledger(), start_progress()
     scoring = ScoringOptions(config.engine, engine, provenance, config.storage, crash_ledger=ledger, progress=progress,
-                             max_crashes=config.max_crashes, faults=FaultInjection.from_environment())
+                             max_crashes=config.max_crashes, faults=FaultInjection.from_environment(), model=model)
     stages = score_stages(config, manifest, scoring, actor)
     check_plan(stages, manifest.schema.names)
     todo = manifest.num_rows - sum(layout.score_files().values())  # what earlier runs left

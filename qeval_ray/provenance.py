@@ -8,15 +8,13 @@ resolved provenance) decides whether a rerun into the same output may resume.
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
 from qeval_ray import __version__, runtime, storage
-from qeval_ray.config import ConfigError, ScoreConfig, looks_local, strip_file
+from qeval_ray.config import ScoreConfig, looks_local, strip_file
 from qeval_ray.contracts.schema import Provenance
 from qeval_ray.engines.base import ROPE_POSITIONS, EngineConfig
-from qeval_ray.storage import StorageOptions
 
 
 def engine_config(config: ScoreConfig, gpus: float) -> EngineConfig:
@@ -33,27 +31,6 @@ def engine_config(config: ScoreConfig, gpus: float) -> EngineConfig:
         tensor_parallel_size=config.tensor_parallel_size,
         rope_positions=config.rope_positions,
     )
-
-
-def model_revision(model: str, revision: str | None, options: StorageOptions) -> str:
-    """A revision that pins the weights: a directory's content fingerprint, or the hub commit."""
-    if "://" in model and not storage.is_local(model):
-        try:
-            return "remote-sha256:" + storage.fingerprint(model, options)
-        except Exception as e:  # noqa: BLE001 - storage libraries raise many types: one line says which problem
-            if not (storage.storage_problem(e, model) or isinstance(e, OSError)):
-                raise
-            raise ConfigError(f"--model {storage.redact(model)}: {storage.describe_error(e, model)}") from e
-    if os.path.isdir(model):
-        return "local-sha256:" + storage.fingerprint(model)
-    if os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0"):
-        return revision or "unresolved"
-    try:
-        from huggingface_hub import HfApi
-
-        return HfApi().model_info(model, revision=revision, timeout=10).sha or (revision or "unresolved")
-    except Exception:  # noqa: BLE001 - provenance must not stop a run; say it was not resolved
-        return revision or "unresolved"
 
 
 def score_settings(config: ScoreConfig, manifest) -> dict:
@@ -99,10 +76,11 @@ def engine_label(engine: str, rope_positions: str) -> str:
     return engine if rope_positions == ROPE_POSITIONS[0] else f"{engine}+{rope_positions}-rope"
 
 
-def make_provenance(config: ScoreConfig, engine: EngineConfig) -> Provenance:
+def make_provenance(config: ScoreConfig, engine: EngineConfig, scorer_revision: str) -> Provenance:
+    """``scorer_revision``: what pins the weights, as ``models.resolve_model`` found it."""
     return Provenance(
         scorer_model=storage.redact(config.model),
-        scorer_revision=model_revision(engine.model, config.revision, config.storage),
+        scorer_revision=scorer_revision,
         prompt_version=config.scorer.version,
         engine=engine_label(config.engine, engine.rope_positions),
         dtype=engine.dtype,

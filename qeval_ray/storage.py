@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import os
 import posixpath
 import random
@@ -25,6 +26,8 @@ from urllib.parse import urlparse, urlunparse
 
 import fsspec
 import pyarrow.fs as pafs
+
+log = logging.getLogger(__name__)
 
 LOCAL_PROTOCOLS = ("file", "local")
 DEFAULT_MAX_BYTES = 2 * 1024**3  # media objects larger than this are refused before they are read
@@ -269,22 +272,31 @@ def _read_once(uri: str, max_bytes: int, options: StorageOptions) -> bytes:
 
 def fingerprint(uri: str, options: StorageOptions = DEFAULT) -> str:
     """A content fingerprint of a model directory: file names and sizes, and the JSON configs."""
+    return fingerprint_files(uri, options)[0]
+
+
+def fingerprint_files(uri: str, options: StorageOptions = DEFAULT) -> tuple[str, list[str]]:
+    """:func:`fingerprint`, and the names of the directory's files."""
     fs, path = filesystem(uri, options)
     digest = hashlib.sha256()
+    names = []
     for info in sorted(fs.ls(path, detail=True), key=lambda i: i["name"]):
         if info.get("type") != "file":
             continue
         name = posixpath.basename(info["name"])
+        names.append(name)
         digest.update(f"{name}:{info.get('size')}\n".encode())
         if name.endswith(".json"):
             digest.update(fs.cat_file(info["name"]))
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()[:16], names
 
 
-def localize_dir(uri: str, options: StorageOptions = DEFAULT, cache_root: str | None = None) -> str:
+def localize_dir(uri: str, options: StorageOptions = DEFAULT, cache_root: str | None = None,
+                 known_fingerprint: str | None = None) -> str:
     """A local copy of a remote directory (model weights), made once per machine and reused.
 
     Concurrent actors on one node take a file lock, so one downloads and the others wait.
+    ``known_fingerprint``: the directory's, as the driver computed it (else it is listed again here).
     """
     import fcntl
 
@@ -292,19 +304,23 @@ def localize_dir(uri: str, options: StorageOptions = DEFAULT, cache_root: str | 
         return filesystem(uri)[1]
     root = cache_root or os.path.join(
         os.environ.get("QEVAL_RAY_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "qeval-ray"), "models")
-    target = os.path.join(root, hashlib.sha256(f"{uri}:{fingerprint(uri, options)}".encode()).hexdigest()[:24])
+    content = known_fingerprint or fingerprint(uri, options)
+    target = os.path.join(root, hashlib.sha256(f"{uri}:{content}".encode()).hexdigest()[:24])
     done = os.path.join(target, ".qeval-complete")
     os.makedirs(root, exist_ok=True)
     with open(target + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not os.path.exists(done):
-            fs, path = filesystem(uri, options)
-            staging = target + f".part-{uuid.uuid4().hex[:8]}"
-            fs.get(path.rstrip("/") + "/", staging, recursive=True)
-            if os.path.exists(target):
-                import shutil
+        if os.path.exists(done):
+            log.info("%s is in this node's cache: %s", redact(uri), target)
+            return target
+        fs, path = filesystem(uri, options)
+        staging = target + f".part-{uuid.uuid4().hex[:8]}"
+        fs.get(path.rstrip("/") + "/", staging, recursive=True)
+        if os.path.exists(target):
+            import shutil
 
-                shutil.rmtree(target)
-            os.replace(staging, target)
-            open(done, "w").close()
+            shutil.rmtree(target)
+        os.replace(staging, target)
+        open(done, "w").close()
+        log.info("copied %s to this node's cache: %s", redact(uri), target)
     return target

@@ -153,9 +153,19 @@ def test_access_errors_become_error_rows(s3, tiny_model, local_run, tmp_path):
     pq.write_table(pa.Table.from_pylist(rows), manifest)
     out = tmp_path / "out"
     # The endpoint given as an option this time, not in the environment: it must reach the workers.
-    rc, stdout, stderr, _ = run_job(["--input", manifest, "--output", out, "--s3-endpoint", s3.endpoint,
-                                     *common("s3://models/tiny")], s3, tmp_path, env_endpoint=False)
+    # Two scoring actors on this one node: the model is copied once, not once per actor.
+    first = len(s3.proxy.requests)
+    rc, stdout, stderr, logs = run_job(["--input", manifest, "--output", out, "--s3-endpoint", s3.endpoint,
+                                        *common("s3://models/tiny"), "--concurrency", "2"], s3, tmp_path,
+                                       env_endpoint=False)
     assert rc == 0, stderr[-3000:]
+    gets = [r.split("?")[0] for r in s3.proxy.requests[first:] if r.startswith("GET /models/tiny/")]
+    for path in Path(tiny_model).iterdir():
+        # The driver reads the JSON configs once for the fingerprint; the node's copy reads every file once.
+        assert gets.count(f"GET /models/tiny/{path.name}") == (2 if path.suffix == ".json" else 1), (path.name, gets)
+    # Both actors asked for it: one copied it, the other waited on the node's lock and found it there.
+    assert logs.count("copied s3://models/tiny to this node's cache") == 1, logs[-3000:]
+    assert logs.count("s3://models/tiny is in this node's cache") == 1
     got = {r["id"]: r for r in pq.read_table(out / "scores").to_pylist()}
     assert got["ok"]["status"] == "ok"
     local = {r["id"]: r for r in local_run.to_pylist()}["good-0"]

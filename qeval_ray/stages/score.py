@@ -69,6 +69,7 @@ class ScoringOptions:
     progress: object = None  # the job's stages.progress.Progress actor (None: nothing reported)
     max_crashes: int = 3  # crashes of one item before it is given up as a score_error row
     faults: object = None  # testing.faults.FaultInjection (tests only): called before each engine call
+    model: object = None  # models.ModelSource as the driver resolved it (None: engine_config.model as is)
 
 
 def score_stage(options: ScoringOptions, scorer: Scorer, manifest_schema: pa.Schema, *, actors: int,
@@ -111,6 +112,7 @@ class ScoreStage(AsyncStage):
 
     def __init__(self, options: ScoringOptions, scorer: Scorer, manifest_schema: pa.Schema,
                  engine: Engine | None = None):
+        _actor_logging()
         self.options = options
         self.scorer = scorer
         self.schema = output_schema(manifest_schema, scorer.fields())  # pixels dropped
@@ -251,6 +253,18 @@ class ScoreStage(AsyncStage):
         return conform(out, self.schema)
 
 
+def _actor_logging() -> None:
+    """The job's own INFO lines from this actor (where its model came from, ...) go to its Ray log
+    file, which the run's log folder collects: Ray's workers configure no handler, and Python's
+    last-resort one shows warnings only. (On a driver with a Console, the Console's handler stays.)"""
+    job_log = logging.getLogger("qeval_ray")
+    if not job_log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        job_log.addHandler(handler)
+        job_log.setLevel(logging.INFO)
+
+
 def _actor_name() -> str:
     import ray
 
@@ -258,9 +272,11 @@ def _actor_name() -> str:
 
 
 def _local_model(options: ScoringOptions) -> EngineConfig:
-    """Engines load from a hub id or a local directory: a model on object storage is copied to
-    this node's cache first (once per node, however many actors it runs)."""
-    model = options.engine_config.model
-    if "://" not in model or storage.is_local(model):
+    """Engines load from a local directory: the driver's resolved model fetched to this node first
+    (once per node, however many actors it runs; see ``qeval_ray.models``)."""
+    if options.model is None:
         return options.engine_config
-    return dataclasses.replace(options.engine_config, model=storage.localize_dir(model, options.storage))
+    from qeval_ray.models import local_path
+
+    # A local copy is that commit or content: the revision is spent (an engine would ask the hub).
+    return dataclasses.replace(options.engine_config, model=local_path(options.model, options.storage), revision=None)

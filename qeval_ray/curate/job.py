@@ -215,7 +215,8 @@ def _report(con, plan: Plan, source, config, first: dict, second: dict, pair_cou
         on = " AND ".join(f"k.{quote(c)} = p.{quote('_g_' + c)}" for c in r.group_by)
         per_group = con.execute(
             f"SELECT n, count(*) FROM (SELECT count(p._n) AS n FROM (SELECT DISTINCT {g} FROM ranked) k "
-            f"LEFT JOIN pairs_kept p ON {on} GROUP BY ALL) GROUP BY n ORDER BY n").fetchall()
+            f"LEFT JOIN pairs_kept p ON {on} GROUP BY {', '.join('k.' + quote(c) for c in r.group_by)}) "
+            f"GROUP BY n ORDER BY n").fetchall()
         pairs["per_group"] = {str(n): int(c) for n, c in per_group}
         margins = con.execute("SELECT min(margin), avg(margin), max(margin) FROM pairs_kept").fetchone()
         pairs["margin"] = dict(zip(("min", "mean", "max"), margins))

@@ -411,3 +411,43 @@ def test_the_job_script_runs(tmp_path):
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "score rows in" in proc.stdout and (tmp_path / "cur" / "histograms" / "reward.png").stat().st_size > 0
+
+
+@pytest.mark.slow  # starts an S3 server (no Ray, no engine; a few seconds)
+def test_scores_on_object_storage_curate_as_local_ones(tmp_path):
+    import os
+
+    from s3server import S3Server
+
+    rows = _corpus(200, seed=3)
+    local_scores = scores_dir(tmp_path, rows)
+    args = ["--top-k", "2", "--min", "quality=q0.1", "--pairs", "adjacent"]
+    assert curate_main(["--scores", str(local_scores), "--output", str(tmp_path / "local"), *args]) == 0
+    server = S3Server()
+    try:
+        client = server.client()
+        client.create_bucket(Bucket="scores")
+        for path in local_scores.rglob("*"):
+            if path.is_file():
+                client.put_object(Bucket="scores", Key=f"run/{path.relative_to(local_scores)}", Body=path.read_bytes())
+        env = dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                   AWS_DEFAULT_REGION="us-east-1")
+        env.pop("AWS_ENDPOINT_URL", None)
+        proc = subprocess.run([sys.executable, "jobs/curate.py", "--scores", "s3://scores/run", "--output",
+                               "s3://scores/curated", "--s3-endpoint", server.endpoint, *args], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        listed = client.list_objects_v2(Bucket="scores", Prefix="curated/")["Contents"]
+        remote = {o["Key"].removeprefix("curated/"): client.get_object(Bucket="scores", Key=o["Key"])["Body"].read()
+                  for o in listed}
+    finally:
+        server.stop()
+    local = {str(p.relative_to(tmp_path / "local")): p.read_bytes() for p in (tmp_path / "local").rglob("*")
+             if p.is_file()}
+    assert sorted(remote) == sorted(local)
+    assert {k: v for k, v in remote.items() if k != "curation.json"} == \
+        {k: v for k, v in local.items() if k != "curation.json"}
+    report = json.loads(remote["curation.json"])
+    assert report["input"]["scores"] == "s3://scores/run"
+    assert report["provenance"]["score_run"] == {"scorer_model": "scorer"}
+    assert report["counts"] == json.loads(local["curation.json"])["counts"]

@@ -39,16 +39,18 @@ class CurationResult:
     report: dict
     elapsed_s: float
     peak_rss_mb: float
+    steps_s: dict[str, float]  # where the time went (printed; never in curation.json, which must rebuild)
 
     def format(self, output: str) -> str:
+        steps = ", ".join(f"{name} {s:.1f}" for name, s in self.steps_s.items())
         return (reporting.format_report(self.report, output)
-                + f"\n  {self.elapsed_s:.1f} s, peak memory {self.peak_rss_mb:.0f} MB")
+                + f"\n  {self.elapsed_s:.1f} s ({steps}), peak memory {self.peak_rss_mb:.0f} MB")
 
 
 def _connect(work: str, config):
     import duckdb
 
-    con = duckdb.connect(os.path.join(work, "plan.duckdb"))
+    con = duckdb.connect()  # in memory; beyond --memory-limit its blocks spill to temp_directory
     con.execute(f"SET memory_limit = {literal(config.memory_limit)}")
     con.execute(f"SET temp_directory = {literal(os.path.join(work, 'spill'))}")
     con.execute("SET preserve_insertion_order = true")
@@ -86,21 +88,37 @@ def run_curate_job(config) -> CurationResult:
             raise CurateError(str(e)) from None
         staging = os.path.join(work, "out")
         os.makedirs(staging)
-        report = _run(con, plan, source, config, staging)
+        timer = _Timer()
+        report = _run(con, plan, source, config, staging, timer)
         con.close()
         out.publish(staging)
+        timer.lap("publish")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return CurationResult(report, time.monotonic() - start, peak)
+    return CurationResult(report, time.monotonic() - start, peak, timer.seconds)
 
 
-def _run(con, plan: Plan, source, config, staging: str) -> dict:
+class _Timer:
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._last = time.monotonic()
+
+    def lap(self, name: str) -> None:
+        now = time.monotonic()
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - self._last
+        self._last = now
+
+
+def _run(con, plan: Plan, source, config, staging: str, timer: "_Timer") -> dict:
     r = plan.rules
-    group = plan.group
 
     # 1-6: status, media type, generator, missing values, reward, spread.
+    con.execute(f"CREATE TEMP VIEW base AS {plan.base_sql()}")
     con.execute(f"CREATE TEMP VIEW stage AS {plan.stage_sql()}")
     first = _counts(con, "SELECT _reason FROM stage")
-    con.execute("CREATE TABLE pool AS SELECT * EXCLUDE (_reason) FROM stage WHERE _reason IS NULL")
+    timer.lap("count filters")
+    narrow = ", ".join(quote(c) for c in plan.narrow())
+    con.execute(f"CREATE TABLE pool AS SELECT {narrow} FROM stage WHERE _reason IS NULL")
+    timer.lap("pool")
     # 7: bounds (quantiles per generator over the pool).
     cuts = plan.cuts_sql()
     if cuts:
@@ -112,6 +130,7 @@ def _run(con, plan: Plan, source, config, staging: str) -> dict:
     else:
         second = {}
         con.execute("CREATE VIEW survivors AS SELECT * FROM pool")
+    timer.lap("bounds")
     duplicated = con.execute(f"SELECT {quote(ID)} FROM survivors GROUP BY ALL HAVING count(*) > 1 "
                              f"ORDER BY 1 LIMIT 3").fetchall()
     if duplicated:
@@ -119,32 +138,39 @@ def _run(con, plan: Plan, source, config, staging: str) -> dict:
                           "a curation needs one row per id")
 
     # Groups: rank, size, mean, std, advantage.
+    timer.lap("duplicate ids")
     con.execute(f"CREATE TABLE ranked AS {plan.ranked_sql()}")
-    keep = f"rank <= {int(r.top_k)}" if r.top_k else "true"
-    con.execute(f"CREATE TABLE kept AS SELECT * FROM ranked WHERE {keep} ORDER BY {group}, rank")
+    timer.lap("ranked")
+    con.execute(f"CREATE TABLE kept AS {plan.kept_sql()}")
+    timer.lap("kept")
 
     # Pairs.
     pair_counts, written = {}, 0
     if r.pairs != "none":
         con.execute(f"CREATE TABLE pair_candidates AS {plan.candidates_sql()}")
+        timer.lap("pair candidates")
         pair_counts = _counts(con, "SELECT _reason FROM pair_candidates")
         cap = f"_n <= {int(r.max_pairs_per_group)}" if r.max_pairs_per_group else "true"
         con.execute(f"CREATE TABLE pairs_kept AS SELECT * FROM ({plan.capped_sql()}) WHERE {cap} "
                     f"ORDER BY {plan.pairs_order()}")
         written = con.execute("SELECT count(*) FROM pairs_kept").fetchone()[0]
+        timer.lap("pairs")
 
     report = _report(con, plan, source, config, first, second, pair_counts, written)
+    timer.lap("report")
 
     # The files: one writer thread, tables already in their order.
     con.execute("SET threads = 1")
     pair_columns = ", ".join(quote(c) for c in plan.pair_columns())
     copy = f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_SIZE})"
     con.execute(f"COPY (SELECT * FROM kept) TO {literal(os.path.join(staging, outputs.KEPT))} {copy}")
+    timer.lap("write kept")
     if r.pairs != "none":
         con.execute(f"COPY (SELECT {pair_columns} FROM pairs_kept) TO "
                     f"{literal(os.path.join(staging, outputs.PAIRS_PARQUET))} {copy}")
         con.execute(f"COPY (SELECT {pair_columns} FROM pairs_kept) TO "
                     f"{literal(os.path.join(staging, outputs.PAIRS_JSONL))} (FORMAT json)")
+        timer.lap("write pairs")
     if config.plots:
         folder = os.path.join(staging, outputs.HISTOGRAMS)
         os.makedirs(folder)
@@ -153,6 +179,7 @@ def _run(con, plan: Plan, source, config, staging: str) -> dict:
                 f.write(reporting.plot(column, h["edges"], h["before"], h["after"]))
     with open(os.path.join(staging, outputs.REPORT), "w", encoding="utf-8") as f:
         f.write(reporting.to_json(report))
+    timer.lap("plots and report")
     return report
 
 
@@ -189,14 +216,15 @@ def _report(con, plan: Plan, source, config, first: dict, second: dict, pair_cou
     if r.top_k:
         steps.append({"rule": f"--top-k {r.top_k} per group (by reward; ties: the smaller id first)",
                       "dropped": survivors - kept, "rows": kept})
+    # One row per group: its first-ranked row carries the group's size, mean and std.
     groups = con.execute(
-        f"SELECT count(*), count(*) FILTER (WHERE group_size = 1), coalesce(sum(group_size) FILTER (WHERE group_size = 1), 0), "
+        f"SELECT count(*), count(*) FILTER (WHERE group_size = 1), "
         f"count(*) FILTER (WHERE {plan.zero_spread_sql()}), "
         f"coalesce(sum(group_size) FILTER (WHERE {plan.zero_spread_sql()}), 0), min(group_size), max(group_size), "
-        f"avg(group_size) FROM (SELECT DISTINCT ON ({plan.group}) group_size, group_mean, group_std FROM ranked)").fetchone()
-    n_groups, of_one, rows_of_one, flat, rows_flat, smallest, largest, mean_size = groups
-    sizes = dict(con.execute(f"SELECT group_size, count(*) FROM (SELECT DISTINCT ON ({plan.group}) group_size "
-                             f"FROM ranked) GROUP BY 1 ORDER BY 1").fetchall())
+        f"avg(group_size) FROM ranked WHERE rank = 1").fetchone()
+    n_groups, of_one, flat, rows_flat, smallest, largest, mean_size = groups
+    rows_of_one = of_one
+    sizes = dict(con.execute("SELECT group_size, count(*) FROM ranked WHERE rank = 1 GROUP BY 1 ORDER BY 1").fetchall())
     ties = 0
     if r.top_k:
         on = " AND ".join(f"a.{quote(c)} = b.{quote(c)}" for c in r.group_by)
@@ -211,12 +239,11 @@ def _report(con, plan: Plan, source, config, first: dict, second: dict, pair_cou
                              "min_margin": pair_counts.get("min_margin", 0),
                              "uncertain_member": pair_counts.get("uncertain", 0),
                              "cap": passed - int(written)}
-        g = ", ".join(quote(c) for c in r.group_by)
-        on = " AND ".join(f"k.{quote(c)} = p.{quote('_g_' + c)}" for c in r.group_by)
-        per_group = con.execute(
-            f"SELECT n, count(*) FROM (SELECT count(p._n) AS n FROM (SELECT DISTINCT {g} FROM ranked) k "
-            f"LEFT JOIN pairs_kept p ON {on} GROUP BY {', '.join('k.' + quote(c) for c in r.group_by)}) "
-            f"GROUP BY n ORDER BY n").fetchall()
+        g = ", ".join(quote("_g_" + c) for c in r.group_by)
+        per_group = dict(con.execute(f"SELECT n, count(*) FROM (SELECT count(*) AS n FROM pairs_kept GROUP BY {g}) "
+                                     "GROUP BY n ORDER BY n").fetchall())
+        without = int(n_groups) - sum(per_group.values())  # groups with no pair
+        per_group = sorted({**({0: without} if without else {}), **per_group}.items())
         pairs["per_group"] = {str(n): int(c) for n, c in per_group}
         margins = con.execute("SELECT min(margin), avg(margin), max(margin) FROM pairs_kept").fetchone()
         pairs["margin"] = dict(zip(("min", "mean", "max"), margins))

@@ -143,9 +143,19 @@ class Plan:
 
     # --- stage 1: reward, spread, filters 1-6 -------------------------------------------------------
 
-    def _base(self) -> str:
+    def base_sql(self) -> str:
+        """The score rows with the spread columns older files lack (the view ``base``)."""
         derived = "".join(f", {sql} AS {quote(name)}" for name, sql in self.derived.items())
         return f"SELECT *{derived} FROM {VIEW}"
+
+    def narrow(self) -> list[str]:
+        """The columns the plan carries from the filters on (kept rows get the rest back by id):
+        sorting and joining a few columns, not every score column, is most of the plan's speed."""
+        r = self.rules
+        generator = [r.generator_column] if r.generator_column in self.types else []
+        bounded = [t.column for t in r.min + r.max if t.column != REWARD]
+        prompt = [PROMPT] if PROMPT in self.types else []
+        return list(dict.fromkeys([ID, URI, *prompt, *generator, *r.group_by, *bounded, REWARD, SPREAD]))
 
     def needed(self) -> list[str]:
         """Columns a row must have a value in (rule 4, ``missing``)."""
@@ -172,7 +182,7 @@ class Plan:
         if r.max_std is not None:
             reasons.append(f"WHEN {quote(SPREAD)} > {_number(r.max_std)} THEN 'max_std'")
         return (f"SELECT *, CASE {' '.join(reasons)} END AS _reason FROM "
-                f"(SELECT *, {reward} AS {quote(REWARD)}, {spread} AS {quote(SPREAD)} FROM ({self._base()}))")
+                f"(SELECT *, {reward} AS {quote(REWARD)}, {spread} AS {quote(SPREAD)} FROM base)")
 
     # --- stage 2: bounds -------------------------------------------------------------------------------
 
@@ -217,6 +227,15 @@ class Plan:
         flat = f"group_std IS NULL OR group_std <= {rules.ZERO_SPREAD!r} * (1 + abs(group_mean))"
         return (f"SELECT *, CASE WHEN group_size = 1 OR {flat} THEN CAST(0 AS DOUBLE) "
                 f"ELSE ({quote(REWARD)} - group_mean) / group_std END AS advantage FROM ({stats})")
+
+    def kept_sql(self) -> str:
+        """kept.parquet's rows: every score column back (joined on id), then the plan's columns, in
+        group order and rank within."""
+        keep = f"r.rank <= {int(self.rules.top_k)}" if self.rules.top_k else "true"
+        added = ", ".join(f"r.{quote(c)}" for c in OUTPUT_COLUMNS)
+        group = ", ".join(f"r.{quote(c)}" for c in self.rules.group_by)
+        return (f"SELECT b.*, {added} FROM base b JOIN ranked r ON b.{quote(ID)} = r.{quote(ID)} "
+                f"WHERE {keep} ORDER BY {group}, r.rank")
 
     def zero_spread_sql(self) -> str:
         return f"group_size > 1 AND (group_std IS NULL OR group_std <= {rules.ZERO_SPREAD!r} * (1 + abs(group_mean)))"

@@ -344,8 +344,8 @@ class CurateConfig:
     pair_max_std: float | None = option(None, group=_C_GROUPS, parse=float, help="leave out pairs with a member "
                                         "whose spread exceeds this")
     advantage_std: str = option("population", group=_C_GROUPS, choices=curate_rules.STD_KINDS,
-                                help="the group std that divides advantages: population (numpy's, flow-GRPO's) "
-                                "or sample (torch.std's, TRL's GRPOTrainer)")
+                                help="the group std that divides advantages: population (numpy's default, ddof 0) "
+                                "or sample (torch's default, ddof 1, as TRL's GRPOTrainer)")
     allow_incomplete: bool = option(False, group=_C_IO, help="curate the scores of an unfinished score run")
     plots: bool = option(True, group=_C_RUN, flag="--no-plots", help="skip the PNG histograms")
     bins: int = option(20, group=_C_RUN, help="histogram bins")

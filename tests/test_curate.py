@@ -357,6 +357,23 @@ def test_pairs_and_kept_rows_load_with_datasets(tmp_path, monkeypatch):
     kept = datasets.load_dataset("parquet", data_files=str(tmp_path / "cur" / "kept.parquet"), split="train",
                                  cache_dir=str(tmp_path / "cache"))
     assert len(kept) == report["counts"]["kept"] and "advantage" in kept.column_names
+    import pandas
+    import polars
+
+    for name in ("pairs.parquet", "kept.parquet"):
+        path = tmp_path / "cur" / name
+        frames = (pandas.read_parquet(path), polars.read_parquet(path).to_pandas(),
+                  duckdb.sql(f"SELECT * FROM '{path}'").df())
+        assert all(len(f) == len(frames[0]) > 0 and list(f.columns) == list(frames[0].columns) for f in frames)
+
+
+def test_the_benchmark_runs(tmp_path):
+    proc = subprocess.run([sys.executable, "benchmarks/curate.py", "--rows", "3000", "--json", str(tmp_path / "b.json")],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "b.json").read_text())
+    assert result["rows"] == 3000 and result["groups"] > 0 and result["pairs"] > 0
+    assert result["curate_seconds"] > 0 and result["curate_peak_rss_mb"] > 0
 
 
 def test_report_records_rules_counts_and_provenance(tmp_path):

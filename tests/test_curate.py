@@ -40,7 +40,7 @@ def scores_dir(tmp_path, rows, name="out", summary=True) -> Path:
     return out
 
 
-def curate(scores, output, *args, expect=0, capsys=None):
+def curate(scores, output, *args, expect=0):
     try:
         code = curate_main(["--scores", str(scores), "--output", str(output), "--no-plots", *map(str, args)])
     except SystemExit as e:  # argparse's own refusals (a value its type function rejects)

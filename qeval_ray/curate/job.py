@@ -2,8 +2,9 @@
 
 Everything is decided before the plan runs: the options (``CurateConfig.validate``), the output
 (empty, or an earlier curation), the scores' files and columns, the reward expression and every
-rule's columns. Then duckdb runs the plan in a temporary database beside its spill files, and the
-files are written in a staging directory and published together, ``curation.json`` last.
+rule's columns. Then duckdb runs the plan in memory, spilling to a temporary folder beyond
+``--memory-limit``, and the files are written in a staging directory and published together,
+``curation.json`` last.
 
 Same scores + same rules -> the same bytes: every output is written in a total order (group key,
 then rank; rank is reward descending, then id ascending), by one writer thread, with no time,

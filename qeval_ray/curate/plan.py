@@ -1,7 +1,7 @@
 """The curation as a duckdb plan over the score view: filters, reward, groups, top-k, pairs, advantages.
 
 Every step is SQL that duckdb runs out of core (spilling beyond ``--memory-limit`` to a temporary
-database file), so no step holds the score table in Python: the driver sees counts and the few
+folder), so no step holds the score table in Python: the driver sees counts and the few
 rows of the report. The steps, in order (``rules`` has the filter order):
 
 - ``stage``: each score row with its reward, its spread and the first filter that drops it;

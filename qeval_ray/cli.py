@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from qeval_ray.config import ConfigError, parse_report_args, parse_rewrite_args, parse_score_args
+from qeval_ray.config import ConfigError, parse_curate_args, parse_report_args, parse_rewrite_args, parse_score_args
 from qeval_ray.contracts.layout import OutputError, RunMismatch
 from qeval_ray.stages.read import ManifestError
 
@@ -89,4 +89,20 @@ def report_main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     print(f"qeval-ray report: {len(report['figures'])} figures, {len(report['plots'])} plots -> "
           f"{storage.join(storage.redact(config.output), REPORT_MARKDOWN)}")
+    return 0
+
+
+def curate_main(argv: list[str] | None = None) -> int:
+    try:
+        config = parse_curate_args(argv)
+        from qeval_ray.curate.job import CurateError, run_curate_job  # duckdb loads only for a valid run
+
+        try:
+            result = run_curate_job(config)
+        except CurateError as e:
+            raise ConfigError(str(e)) from None
+    except ConfigError as e:
+        print(f"qeval-ray curate: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    print(result.format(config.output))
     return 0

@@ -17,6 +17,8 @@ from qeval_ray.engines import ENGINE_NAMES
 from qeval_ray.engines.base import ROPE_POSITIONS
 from qeval_ray import __version__
 from qeval_ray.options import build_parser, choice_problem, comma_list, did_you_mean, option, parse_config
+from qeval_ray.contracts.schema import MEDIA_TYPES
+from qeval_ray.curate import rules as curate_rules
 from qeval_ray.report.options import MetricOptions, ReportOptions
 from qeval_ray.scorers.qeval import ASPECTS, QEvalScorer
 
@@ -324,3 +326,110 @@ def parse_rewrite_args(argv: list[str] | None = None) -> RewriteConfig:
         "Write the Vague-to-Specific parts of a manifest's long prompts with an instruction LLM "
         "(vLLM through Ray Data), for jobs/score.py --v2s."))
     return parse_config(RewriteConfig, parser, argv).validate()
+
+
+# --- RL curation (jobs/curate.py) -----------------------------------------------------------------
+
+_C_IO, _C_REWARD, _C_FILTERS, _C_GROUPS, _C_RUN = (
+    "input and output", "reward", "filters (applied in this order, each counted)",
+    "groups: top-k, preference pairs, advantages", "run")
+
+
+@dataclass(frozen=True)
+class CurateConfig:
+    scores: str = option(group=_C_IO, help="the score job's output directory (or its scores/ directory, a "
+                         "directory of score parquet files, or a glob); local, file://, s3://, gs://")
+    output: str = option(group=_C_IO, help="a new directory (or an earlier curation's, whose files are "
+                         "replaced): pairs.parquet, pairs.jsonl, kept.parquet, curation.json, histograms/")
+    s3_endpoint: str | None = option(None, group=_C_IO, metavar="URL", help="S3-compatible endpoint URL")
+    reward: str = option(curate_rules.DEFAULT_REWARD, group=_C_REWARD, metavar="EXPRESSION",
+                         help="the reward: numbers, score columns, + - * /, min(...), max(...), parentheses, "
+                         "e.g. '0.6*quality + 0.4*alignment' or 'min(quality, alignment)'")
+    media_type: tuple[str, ...] = option((), group=_C_FILTERS, parse=comma_list, metavar="LIST",
+                                         shown_default="all", help="keep these media types (image, video)")
+    generators: tuple[str, ...] = option((), group=_C_FILTERS, parse=comma_list, metavar="LIST",
+                                         shown_default="all", help="keep rows of these generators")
+    generator_column: str = option("model", group=_C_FILTERS, metavar="COLUMN",
+                                   help="the generator column (--generators, per-generator quantiles)")
+    max_std: float | None = option(None, group=_C_FILTERS, parse=float, help="drop rows whose spread "
+                                   "(quality_std / alignment_std, of the aspects the reward reads) exceeds this")
+    min: tuple = option((), group=_C_FILTERS, parse=curate_rules.parse_thresholds, metavar="COL=V,...",
+                        shown_default="none", help="lower bounds: COLUMN=NUMBER (absolute) or COLUMN=qP (the "
+                        "per-generator quantile P), e.g. 'quality=0.5,alignment=q0.25'; COLUMN may be reward")
+    max: tuple = option((), group=_C_FILTERS, parse=curate_rules.parse_thresholds, metavar="COL=V,...",
+                        shown_default="none", help="upper bounds, as --min, e.g. 'quality_std=q0.9'")
+    group_by: tuple[str, ...] = option(("prompt",), group=_C_GROUPS, parse=comma_list, metavar="LIST",
+                                       help="columns whose equal values form a group (N generations per prompt)")
+    top_k: int = option(0, group=_C_GROUPS, help="keep the k best rows of each group in kept.parquet, by reward "
+                        "(ties: the smaller id first); 0 keeps every row")
+    pairs: str = option("all", group=_C_GROUPS, choices=curate_rules.PAIR_MODES,
+                        help="preference pairs per group: every better/worse pair, the best against the worst, "
+                        "or neighbours by rank")
+    min_margin: float = option(0.0, group=_C_GROUPS, help="a pair's reward margin must be at least this (and "
+                               "above 0: equal rewards make no pair)")
+    max_pairs_per_group: int = option(0, group=_C_GROUPS, help="at most this many pairs per group, the largest "
+                                      "margins first; 0: no cap")
+    pair_max_std: float | None = option(None, group=_C_GROUPS, parse=float, help="leave out pairs with a member "
+                                        "whose spread exceeds this")
+    advantage_std: str = option("population", group=_C_GROUPS, choices=curate_rules.STD_KINDS,
+                                help="the group std that divides advantages: population (numpy's default, ddof 0) "
+                                "or sample (torch's default, ddof 1, as TRL's GRPOTrainer)")
+    allow_incomplete: bool = option(False, group=_C_IO, help="curate the scores of an unfinished score run")
+    plots: bool = option(True, group=_C_RUN, flag="--no-plots", help="skip the PNG histograms")
+    bins: int = option(20, group=_C_RUN, help="histogram bins")
+    memory_limit: str = option("2GB", group=_C_RUN, metavar="SIZE", help="duckdb's memory limit; "
+                               "beyond it the plan spills to disk")
+    threads: int | None = option(None, group=_C_RUN, parse=int, help="duckdb threads (default: every core)")
+
+    @property
+    def storage(self) -> StorageOptions:
+        return StorageOptions(s3_endpoint=self.s3_endpoint)
+
+    def validate(self) -> "CurateConfig":
+        problems = []
+        bad_media = [m for m in self.media_type if m not in MEDIA_TYPES]
+        if bad_media:
+            problems.append(f"--media-type {','.join(bad_media)!r}: choose from {', '.join(MEDIA_TYPES)}")
+        p = choice_problem("--pairs", self.pairs, curate_rules.PAIR_MODES)
+        problems += [p] if p else []
+        p = choice_problem("--advantage-std", self.advantage_std, curate_rules.STD_KINDS)
+        problems += [p] if p else []
+        if self.top_k < 0:
+            problems.append("--top-k must not be negative (0 keeps every row)")
+        if self.max_pairs_per_group < 0:
+            problems.append("--max-pairs-per-group must not be negative (0: no cap)")
+        if self.min_margin < 0 or self.min_margin != self.min_margin:
+            problems.append("--min-margin must not be negative")
+        for flag, value in (("--max-std", self.max_std), ("--pair-max-std", self.pair_max_std)):
+            if value is not None and not value >= 0:
+                problems.append(f"{flag} must not be negative")
+        if not self.group_by:
+            problems.append("--group-by needs at least one column")
+        if self.bins < 1:
+            problems.append("--bins must be at least 1")
+        if self.threads is not None and self.threads < 1:
+            problems.append("--threads must be at least 1")
+        if not curate_rules.valid_memory_limit(self.memory_limit):
+            problems.append(f"--memory-limit {self.memory_limit!r}: give a size such as 2GB or 500MB")
+        if self.scores.rstrip("/") == self.output.rstrip("/"):
+            problems.append("--output must differ from --scores")
+        if self.s3_endpoint and not self.s3_endpoint.startswith(("http://", "https://")):
+            problems.append("--s3-endpoint must be an http:// or https:// URL")
+        _raise_problems(problems)
+        return self
+
+
+CURATE_EXAMPLE = """example (pairs for preference training and GRPO-style advantages from one score run):
+  python jobs/curate.py --scores s3://bucket/scores/2026-12-02/ --output s3://bucket/curated/2026-12-02/ \\
+      --reward '0.6*quality + 0.4*alignment' --min 'alignment=q0.1' --max-std 0.8 \\
+      --pairs best-vs-worst --min-margin 0.1 --top-k 2"""
+
+
+def parse_curate_args(argv: list[str] | None = None) -> CurateConfig:
+    parser = build_parser(
+        CurateConfig, prog="jobs/curate.py",
+        description="Turn scores into RL training data: filters, a reward expression, top-k per group, "
+        "preference pairs (TRL's prompt/chosen/rejected) and group-normalised advantages, with a report.",
+        epilog=CURATE_EXAMPLE, groups=(_C_IO, _C_REWARD, _C_FILTERS, _C_GROUPS, _C_RUN),
+        version=f"qeval-ray {__version__}")
+    return parse_config(CurateConfig, parser, argv).validate()

@@ -150,3 +150,7 @@ def assert_probabilities(table: pa.Table, aspect: str) -> None:
     scores = np.array(table.column(aspect).to_pylist(), dtype=float)
     assert np.allclose(probs @ np.array([1, 0.75, 0.5, 0.25, 0]), scores, atol=1e-12)
     assert ((scores >= 0) & (scores <= 1)).all()
+    # The spread column: the five-level distribution's standard deviation on the 1-5 scale.
+    levels = np.array([5.0, 4.0, 3.0, 2.0, 1.0])
+    spread = np.sqrt((probs * (levels - (1 + 4 * scores)[:, None]) ** 2).sum(axis=1))
+    assert np.allclose(np.array(table.column(f"{aspect}_std").to_pylist(), dtype=float), spread, atol=1e-12)

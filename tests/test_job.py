@@ -177,3 +177,24 @@ def test_a_rerun_is_complete_refused_or_started_over(hf_run, tiny_model, mixed_c
         [x for x in after.column("quality").to_pylist() if x is not None],
         [x for x in before.column("quality").to_pylist() if x is not None],
     )
+
+
+def test_the_scores_curate_into_training_data(vllm_run, tmp_path):
+    """The score job's own output, curated: every row accounted for, provenance carried over."""
+    from qeval_ray.cli import curate_main
+
+    out = tmp_path / "curated"
+    assert curate_main(["--scores", str(vllm_run[0]), "--output", str(out), "--group-by", "model",
+                        "--pairs", "best-vs-worst", "--no-plots"]) == 0
+    report = json.loads((out / "curation.json").read_text())
+    table = read_scores(vllm_run[0])
+    ok = [r for r in table.to_pylist() if r["status"] == "ok"]
+    assert report["counts"]["rows_in"] == table.num_rows
+    assert report["counts"]["steps"][0]["rows"] == len(ok) == report["counts"]["kept"]
+    assert report["groups"]["groups"] == len({r["model"] for r in ok})
+    assert {p["engine"] for p in report["provenance"]["rows"]} == {"vllm"}
+    assert report["provenance"]["score_run"]["engine"] == "vllm"
+    import pyarrow.parquet as pq
+
+    pairs = pq.read_table(out / "pairs.parquet").to_pylist()
+    assert len(pairs) == report["groups"]["groups"] and all(p["margin"] > 0 for p in pairs)

@@ -60,3 +60,46 @@ def test_rating_token_ids_follow_the_reference(tiny_model):
     # The reference: tokenizer(["Good", "Poor", ...])["input_ids"], first id of each.
     assert ids == [tok(w)["input_ids"][0] for w in ["Excellent", "Good", "Fair", "Poor", "Bad"]]
     assert [tok.decode([i]) for i in ids] == ["Excellent", "Good", "Fair", "Poor", "Bad"]
+
+
+def direct_spread(probabilities) -> np.ndarray:
+    """The five-level distribution's standard deviation on the 1-5 scale, computed from scratch."""
+    p = np.asarray(probabilities, dtype=float)
+    p = p / p.sum(axis=-1, keepdims=True)
+    levels = np.array([5.0, 4.0, 3.0, 2.0, 1.0])  # Excellent .. Bad
+    mean = (p * levels).sum(axis=-1)
+    return np.sqrt((p * (levels - mean[..., None]) ** 2).sum(axis=-1))
+
+
+def test_spread_columns_equal_a_direct_computation():
+    from qeval_ray.scorers.qeval import QEvalScorer, probability_columns
+
+    rng = np.random.default_rng(7)
+    scorer = QEvalScorer()
+    for _ in range(50):
+        answers = {"quality": rng.normal(0, 3, (1, 5)), "alignment": rng.normal(0, 3, (1, 5))}
+        values = scorer.columns(answers)
+        for aspect in ("quality", "alignment"):
+            p = [values[c] for c in probability_columns(aspect)]
+            assert values[f"{aspect}_std"] == pytest.approx(float(direct_spread(p)), abs=1e-12)
+    # The bounds: all mass on one rating, and half on each end of the scale.
+    certain = scorer.columns({"quality": np.array([[60.0, 0, 0, 0, 0]])})
+    assert certain["quality_std"] == pytest.approx(0.0, abs=1e-9)
+    split = scorer.columns({"quality": np.array([[0.0, -80, -80, -80, 0.0]])})
+    assert split["quality_std"] == pytest.approx(2.0, abs=1e-9)
+    assert {f.name for f in scorer.fields()} >= {"quality_std", "alignment_std"}
+
+
+def test_spread_of_a_prompt_in_parts_is_that_of_its_combined_probabilities():
+    from qeval_ray.scorers.qeval import QEvalScorer, probability_columns
+    from qeval_ray.v2s import V2SOptions
+
+    scorer = QEvalScorer(v2s_options=V2SOptions(vague_weight=0.3))
+    parts = np.random.default_rng(3).normal(0, 2, (4, 5))  # vague + three specific parts
+    values = scorer.columns({"quality": parts[:1], "alignment": parts})
+    combined = [values[c] for c in probability_columns("alignment")]
+    assert values["alignment_method"] == "v2s"
+    assert values["alignment_std"] == pytest.approx(float(direct_spread(combined)), abs=1e-12)
+    # ... which is not the mean of the parts' own spreads (the combination is a mixture).
+    own = direct_spread(rating_probabilities(parts))
+    assert values["alignment_std"] != pytest.approx(0.3 * own[0] + 0.7 * own[1:].mean(), abs=1e-6)

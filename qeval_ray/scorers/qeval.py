@@ -111,6 +111,25 @@ def score_from_probabilities(probs: np.ndarray) -> np.ndarray:
     return np.asarray(probs, dtype=np.float64) @ _WEIGHTS
 
 
+# The five ratings on the 1-5 MOS scale (Excellent = 5 ... Bad = 1): ``1 + 4 * weight``.
+MOS_LEVELS: Final = tuple(1.0 + 4.0 * w for w in RATING_WEIGHTS)
+_LEVELS = np.asarray(MOS_LEVELS, dtype=np.float64)
+
+
+def spread_from_probabilities(probs: np.ndarray) -> np.ndarray:
+    """The standard deviation of the five-level distribution on the 1-5 scale: how sure the model
+    is. 0 when one rating takes all the mass, 2 at most (half on Excellent, half on Bad).
+
+    ``sqrt(sum_k p_k (level_k - mean)^2)`` with ``mean = sum_k p_k level_k = 1 + 4 * score`` and the
+    probabilities normalised to sum to 1.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    p = p / p.sum(axis=-1, keepdims=True)
+    mean = p @ _LEVELS
+    variance = (p * (_LEVELS - mean[..., None]) ** 2).sum(axis=-1)
+    return np.sqrt(np.maximum(variance, 0.0))
+
+
 @dataclass(frozen=True)
 class CombinedParts:
     probabilities: np.ndarray  # (5,): the parts' probabilities, weighted as the scores are
@@ -136,6 +155,11 @@ def probability_columns(aspect: str) -> list[str]:
     return [probability_column(aspect, t) for t in RATING_TOKENS]
 
 
+def spread_column(aspect: str) -> str:
+    """``quality_std``: the spread of the aspect's five-level distribution (:func:`spread_from_probabilities`)."""
+    return f"{aspect}_std"
+
+
 class AlignmentMethod:
     """How a row's alignment was scored (``alignment_method``)."""
 
@@ -151,6 +175,7 @@ SCORE_FIELDS = [
     field
     for aspect in ASPECTS
     for field in [pa.field(aspect, pa.float64())] + [pa.field(c, pa.float64()) for c in probability_columns(aspect)]
+    + [pa.field(spread_column(aspect), pa.float64())]
 ]
 # How the alignment was scored and, for a prompt scored in parts, each part's score. The parts'
 # texts are the manifest's own v2s_* columns, passed through.
@@ -220,6 +245,8 @@ class QEvalScorer(Scorer):
                 p = p[0]
             values[aspect] = float(score_from_probabilities(p))
             values.update({name: float(v) for name, v in zip(probability_columns(aspect), p)})
+            # For V2S rows: the spread of the combined probabilities, the ones the row carries.
+            values[spread_column(aspect)] = float(spread_from_probabilities(p))
         return values
 
     def _alignment(self, probabilities: np.ndarray, values: dict) -> np.ndarray:

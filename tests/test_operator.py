@@ -152,11 +152,11 @@ def no_credentials(monkeypatch):
 
 def test_a_model_in_storage_that_cannot_be_read_is_one_line(no_credentials):
     from qeval_ray.config import ConfigError
-    from qeval_ray.provenance import model_revision
+    from qeval_ray.models import resolve_model
     from qeval_ray.storage import StorageOptions
 
     with pytest.raises(ConfigError) as e:
-        model_revision("s3://weights/q-eval-score", None, StorageOptions(s3_endpoint=no_credentials))
+        resolve_model("s3://weights/q-eval-score", None, StorageOptions(s3_endpoint=no_credentials))
     assert str(e.value).startswith("--model s3://weights/q-eval-score: no credentials: set AWS_ACCESS_KEY_ID")
     assert "\n" not in str(e.value)
 

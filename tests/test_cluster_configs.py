@@ -289,17 +289,19 @@ def pins(path: Path) -> dict[str, str]:
 
 
 def test_gpu_requirements_pin_everything_as_the_cpu_set_does():
+    import tomllib
+
     gpu, cpu = pins(REPO / "requirements" / "gpu.txt"), pins(REPO / "requirements" / "cpu.txt")
     drift = {name: (cpu[name], gpu[name]) for name in set(cpu) & set(gpu) if cpu[name] != gpu[name]}
     assert not drift, f"requirements/gpu.txt and cpu.txt pin these differently (cpu, gpu): {drift}"
     # vLLM's CUDA build of the release the CPU tests run; torch and transformers pinned as there.
     vllm_cpu = re.search(r"vllm-cpu==(\S+)", (REPO / "Makefile").read_text()).group(1)
     assert gpu["vllm"] == vllm_cpu and "vllm-cpu" not in gpu
+    extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["vllm"]
+    assert extra == [f"vllm=={vllm_cpu}"]  # `pip install qeval-ray[vllm]` gets the same vLLM
     for name in ("torch", "torchvision", "transformers", "ray", "qwen-vl-utils", "huggingface-hub", "numpy"):
         assert gpu[name] == cpu[name], name
     # Everything the package itself requires is in the set (pyproject's names, pinned).
-    import tomllib
-
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     for requirement in project["dependencies"] + project["optional-dependencies"]["s3"]:
         name = re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9._-]+", requirement).group(0)).lower()

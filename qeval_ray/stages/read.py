@@ -15,6 +15,7 @@ not by each reader's own list. JSON Lines files go through :func:`read_json_tabl
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
 from dataclasses import dataclass
 from typing import Iterator
@@ -257,6 +258,19 @@ def _parsed_labels(what: str, path: str | None, batch, offset: int) -> dict[str,
     return parsed
 
 
+@contextlib.contextmanager
+def _one_line_read_errors(what: str, uri: str):
+    """A storage problem or a file that is not what it says, met while reading ``what``: one line."""
+    try:
+        yield
+    except ManifestError:
+        raise
+    except Exception as e:  # noqa: BLE001 - storage and parsing libraries raise many types
+        if not (storage.storage_problem(e, uri) or isinstance(e, (pa.ArrowInvalid, OSError, ValueError))):
+            raise
+        raise ManifestError(f"cannot read {what}: {storage.describe_error(e, uri)}") from e
+
+
 def read_labels(uri: str, options: storage.StorageOptions = storage.DEFAULT, what: str | None = None) -> pa.Table:
     """A labels file (parquet, JSON Lines or CSV, as a manifest): ``id`` and the label columns,
     the labels parsed by the same rule as a manifest's. Raises :class:`ManifestError`."""
@@ -273,7 +287,7 @@ def read_labels(uri: str, options: storage.StorageOptions = storage.DEFAULT, wha
     fs, _ = storage.filesystem(uri, options)
     fields = [pa.field(ID, pa.string())] + [pa.field(name, pa.float64()) for name in LABEL_COLUMNS.values()]
     parts, file_rows = [], {}
-    try:
+    with _one_line_read_errors(what, uri):
         for path, batch in _batches(formats.pop(), fs, paths):
             if batch.num_rows == 0:
                 continue
@@ -282,12 +296,6 @@ def read_labels(uri: str, options: storage.StorageOptions = storage.DEFAULT, wha
             labels = _parsed_labels(what, path if len(paths) > 1 else None, batch, file_rows.get(path, 0))
             file_rows[path] = file_rows.get(path, 0) + batch.num_rows
             parts.append(conform(pa.table({ID: batch.column(ID).cast(pa.string()), **labels}), pa.schema(fields)))
-    except ManifestError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a storage problem or a file that is not what it says: one line
-        if not (storage.storage_problem(e, uri) or isinstance(e, (pa.ArrowInvalid, OSError, ValueError))):
-            raise
-        raise ManifestError(f"cannot read {what}: {storage.describe_error(e, uri)}") from e
     return pa.concat_tables(parts) if parts else pa.schema(fields).empty_table()
 
 
@@ -307,7 +315,7 @@ def open_manifest(uri: str, options: storage.StorageOptions = storage.DEFAULT, n
     fs, _ = storage.filesystem(uri, options)
     schemas, id_chunks, num_rows = [], [], 0
     file_rows: dict[str, int] = {}  # rows of each file seen so far: a bad label's row number in its file
-    try:
+    with _one_line_read_errors(f"manifest {storage.redact(uri)}", uri):
         for path, batch in _batches(fmt, fs, paths):
             # Known columns are read as their fixed types whatever a file holds (checked below).
             schemas.append(pa.schema([pa.field(f.name, MANIFEST_TYPES.get(f.name, f.type)) for f in batch.schema]))
@@ -333,12 +341,6 @@ def open_manifest(uri: str, options: storage.StorageOptions = storage.DEFAULT, n
                     if name == "id":
                         id_chunks.append(column)
             num_rows += batch.num_rows
-    except ManifestError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a storage problem or a file that is not what it says: one line
-        if not (storage.storage_problem(e, uri) or isinstance(e, (pa.ArrowInvalid, OSError, ValueError))):
-            raise
-        raise ManifestError(f"cannot read manifest {storage.redact(uri)}: {storage.describe_error(e, uri)}") from e
     if num_rows == 0:
         raise ManifestError(f"manifest {uri} has no rows")
     try:

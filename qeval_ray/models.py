@@ -143,7 +143,7 @@ def _hub_snapshot(source: ModelSource) -> str:
                                    "(a shared cache volume, or the image) when the hub cannot be reached") from e
     locks = os.path.join(constants.HF_HUB_CACHE, ".locks", "qeval-ray")
     name = f"models--{source.uri.replace('/', '--')}--{source.revision}"
-    with _node_lock(os.path.join(locks, name + ".lock")):
+    with storage.node_lock(os.path.join(locks, name + ".lock")):
         done = os.path.join(locks, name + ".complete")
         if os.path.exists(done):
             with contextlib.suppress(Exception):
@@ -154,16 +154,3 @@ def _hub_snapshot(source: ModelSource) -> str:
         open(done, "w").close()
         log.info("downloaded %s@%s to this node's cache: %s", source.uri, source.revision, path)
         return path
-
-
-@contextlib.contextmanager
-def _node_lock(path: str):
-    import fcntl
-
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)

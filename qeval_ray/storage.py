@@ -12,6 +12,7 @@ denied one fails at once.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
@@ -291,6 +292,21 @@ def fingerprint_files(uri: str, options: StorageOptions = DEFAULT) -> tuple[str,
     return digest.hexdigest()[:16], names
 
 
+@contextlib.contextmanager
+def node_lock(path: str):
+    """Held by one process of this machine at a time (the others wait): one actor fetches a model,
+    the others then find it in the node's cache."""
+    import fcntl
+
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def localize_dir(uri: str, options: StorageOptions = DEFAULT, cache_root: str | None = None,
                  known_fingerprint: str | None = None) -> str:
     """A local copy of a remote directory (model weights), made once per machine and reused.
@@ -298,8 +314,6 @@ def localize_dir(uri: str, options: StorageOptions = DEFAULT, cache_root: str | 
     Concurrent actors on one node take a file lock, so one downloads and the others wait.
     ``known_fingerprint``: the directory's, as the driver computed it (else it is listed again here).
     """
-    import fcntl
-
     if is_local(uri):
         return filesystem(uri)[1]
     root = cache_root or os.path.join(
@@ -308,8 +322,7 @@ def localize_dir(uri: str, options: StorageOptions = DEFAULT, cache_root: str | 
     target = os.path.join(root, hashlib.sha256(f"{uri}:{content}".encode()).hexdigest()[:24])
     done = os.path.join(target, ".qeval-complete")
     os.makedirs(root, exist_ok=True)
-    with open(target + ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with node_lock(target + ".lock"):
         if os.path.exists(done):
             log.info("%s is in this node's cache: %s", redact(uri), target)
             return target
